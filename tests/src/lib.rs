@@ -1,1 +1,258 @@
-//! End-to-end harness: starts the real `k3rs` binary and drives it with real kubectl.
+//! End-to-end harness: starts the real `k3rs` binary on a free loopback port with its own data
+//! dir and drives it with the real kubectl.
+
+use anyhow::{bail, Context, Result};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `k3rs` binary under test: `$K3RS_BIN`, else the workspace's debug build.
+pub fn k3rs_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("K3RS_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("k3rs")
+}
+
+/// kubectl of a given minor version ("1.27"), or the default `/usr/bin/kubectl`.
+pub fn kubectl_path(version: Option<&str>) -> PathBuf {
+    match version {
+        Some(v) => PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.{v}")),
+        None => PathBuf::from("/usr/bin/kubectl"),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running single-node server.
+pub struct Cluster {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start() -> Result<Cluster> {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("k3rs-e2e-").tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut c = Cluster {
+            child: None,
+            port: free_port(),
+            kubeconfig,
+            dir,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))?;
+        let child = Command::new(k3rs_bin())
+            .arg("server")
+            .arg("--config=/dev/null")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--https-listen-port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--node-ip=127.0.0.1")
+            .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
+            .arg("--disable-agent")
+            .args(&self.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("K3RS_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", k3rs_bin().display()))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Waits until `/readyz` answers ok through kubectl.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("k3rs exited early with {status}; log:\n{}", self.log());
+                }
+            }
+            if self.kubeconfig.exists() {
+                let out = self.kubectl(&["get", "--raw", "/readyz"])?;
+                if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("k3rs not ready in {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.kubectl_version(None, args)
+    }
+
+    pub fn kubectl_version(&self, version: Option<&str>, args: &[&str]) -> Result<Output> {
+        self.kubectl_cmd(version)
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    /// A kubectl command with this cluster's kubeconfig and a private cache dir.
+    pub fn kubectl_cmd(&self, version: Option<&str>) -> Command {
+        let mut cmd = Command::new(kubectl_path(version));
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir
+                    .path()
+                    .join(format!("cache-{}", version.unwrap_or("default")))
+                    .display()
+            ));
+        cmd
+    }
+
+    /// Runs kubectl with stdin and demands success; returns stdout.
+    pub fn kubectl_stdin(
+        &self,
+        version: Option<&str>,
+        args: &[&str],
+        stdin: &str,
+    ) -> Result<String> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_cmd(version)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs kubectl and demands success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        self.ok_version(None, args)
+    }
+
+    pub fn ok_version(&self, version: Option<&str>, args: &[&str]) -> Result<String> {
+        let out = self.kubectl_version(version, args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs kubectl and demands failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if out.status.success() {
+            bail!(
+                "kubectl {args:?} unexpectedly succeeded: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.ok(&full)?)?)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -148,13 +148,21 @@ const BUILTINS: &[Builtin] = &[
     res("", "v1", "Namespace", "namespaces", false)
         .short(&["ns"])
         .subs(&["finalize", "status"])
-        .verbs(&["create", "delete", "get", "list", "patch", "update", "watch"]),
+        .verbs(&[
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ]),
     res("", "v1", "Node", "nodes", false)
         .short(&["no"])
         .subs(&["proxy", "status"]),
-    res("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true)
-        .short(&["pvc"])
-        .subs(ST),
+    res(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+    )
+    .short(&["pvc"])
+    .subs(ST),
     res("", "v1", "PersistentVolume", "persistentvolumes", false)
         .short(&["pv"])
         .subs(ST),
@@ -174,10 +182,16 @@ const BUILTINS: &[Builtin] = &[
             "status",
         ]),
     res("", "v1", "PodTemplate", "podtemplates", true),
-    res("", "v1", "ReplicationController", "replicationcontrollers", true)
-        .short(&["rc"])
-        .cats(ALL)
-        .subs(ST_SCALE),
+    res(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        true,
+    )
+    .short(&["rc"])
+    .cats(ALL)
+    .subs(ST_SCALE),
     res("", "v1", "ResourceQuota", "resourcequotas", true)
         .short(&["quota"])
         .subs(ST),
@@ -189,7 +203,16 @@ const BUILTINS: &[Builtin] = &[
         .short(&["svc"])
         .cats(ALL)
         .subs(&["proxy", "status"])
-        .verbs(&["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]),
+        .verbs(&[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]),
     // admissionregistration.k8s.io/v1
     res(
         "admissionregistration.k8s.io",
@@ -231,7 +254,13 @@ const BUILTINS: &[Builtin] = &[
     .short(&["crd", "crds"])
     .subs(ST),
     // apps/v1
-    res("apps", "v1", "ControllerRevision", "controllerrevisions", true),
+    res(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        true,
+    ),
     res("apps", "v1", "DaemonSet", "daemonsets", true)
         .short(&["ds"])
         .cats(ALL)
@@ -249,7 +278,14 @@ const BUILTINS: &[Builtin] = &[
         .cats(ALL)
         .subs(ST_SCALE),
     // authentication / authorization (virtual)
-    res("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false).virtual_only(CREATE),
+    res(
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        false,
+    )
+    .virtual_only(CREATE),
     res(
         "authentication.k8s.io",
         "v1",
@@ -330,22 +366,47 @@ const BUILTINS: &[Builtin] = &[
     // coordination.k8s.io/v1
     res("coordination.k8s.io", "v1", "Lease", "leases", true),
     // discovery.k8s.io/v1
-    res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
+    res(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+    ),
     // events.k8s.io/v1
     res("events.k8s.io", "v1", "Event", "events", true).short(&["ev"]),
     // flowcontrol is not served.
     // networking.k8s.io/v1
-    res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        false,
+    ),
     res("networking.k8s.io", "v1", "Ingress", "ingresses", true)
         .short(&["ing"])
         .subs(ST),
-    res("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true).short(&["netpol"]),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        true,
+    )
+    .short(&["netpol"]),
     // node.k8s.io/v1
     res("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", false),
     // policy/v1
-    res("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true)
-        .short(&["pdb"])
-        .subs(ST),
+    res(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+    )
+    .short(&["pdb"])
+    .subs(ST),
     // rbac.authorization.k8s.io/v1
     res(
         "rbac.authorization.k8s.io",
@@ -354,17 +415,56 @@ const BUILTINS: &[Builtin] = &[
         "clusterrolebindings",
         false,
     ),
-    res("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
-    res("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        false,
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        true,
+    ),
     res("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
     // scheduling.k8s.io/v1
-    res("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", false).short(&["pc"]),
+    res(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        false,
+    )
+    .short(&["pc"]),
     // storage.k8s.io/v1
     res("storage.k8s.io", "v1", "CSIDriver", "csidrivers", false),
     res("storage.k8s.io", "v1", "CSINode", "csinodes", false),
-    res("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", true),
-    res("storage.k8s.io", "v1", "StorageClass", "storageclasses", false).short(&["sc"]),
-    res("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", false).subs(ST),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "CSIStorageCapacity",
+        "csistoragecapacities",
+        true,
+    ),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+    )
+    .short(&["sc"]),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "VolumeAttachment",
+        "volumeattachments",
+        false,
+    )
+    .subs(ST),
 ];
 
 /// Group versions in the order discovery lists them (preferred version first within a group).
@@ -431,7 +531,10 @@ mod tests {
         assert_eq!(deploy.api_version(), "apps/v1");
         assert!(deploy.has_subresource("scale"));
         let ns = all.iter().find(|r| r.kind == "Namespace").unwrap();
-        assert_eq!(ns.storage_key(None, "kube-system"), "/registry/core/namespaces/kube-system");
+        assert_eq!(
+            ns.storage_key(None, "kube-system"),
+            "/registry/core/namespaces/kube-system"
+        );
     }
 
     #[test]

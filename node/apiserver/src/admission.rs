@@ -1,0 +1,174 @@
+//! Built-in admission steps that need the store: Service IP and node-port allocation, and the
+//! CustomResourceDefinition lifecycle (accepted names, Established, re-indexing).
+
+use crate::meta;
+use crate::objects::Target;
+use crate::state::Api;
+use crate::status::{ApiError, Cause};
+use k3rs_resources::ResourceType;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+pub async fn on_create(api: &Api, t: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    if t.rt.group.is_empty() && t.rt.kind == "Service" {
+        allocate_service(api, obj).await?;
+    }
+    if t.rt.group == "apiextensions.k8s.io" && t.rt.kind == "CustomResourceDefinition" {
+        crd_status(obj);
+    }
+    Ok(())
+}
+
+/// After a write: CRD changes re-index served types and rebuild OpenAPI.
+pub async fn after_write(api: &Api, rt: &ResourceType, _obj: &Value) {
+    if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
+        if let Err(e) = api.reload_crds().await {
+            tracing::warn!(error = %e, "reloading CustomResourceDefinitions failed");
+        }
+    }
+}
+
+fn crd_status(obj: &mut Value) {
+    let now = meta::now_rfc3339();
+    let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let versions: Vec<Value> = obj
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["storage"] == json!(true))
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    obj["status"] = json!({
+        "acceptedNames": names,
+        "storedVersions": versions,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+    });
+}
+
+fn service_range(api: &Api) -> (u32, u32) {
+    let base = u32::from(api.info.service_cidr.0);
+    let size = 1u32 << (32 - api.info.service_cidr.1.min(32) as u32).min(31);
+    (base, size)
+}
+
+async fn allocate_service(api: &Api, obj: &mut Value) -> Result<(), ApiError> {
+    let typ = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if typ == "ExternalName" {
+        return Ok(());
+    }
+    let services = api
+        .store
+        .list("/registry/core/services/", None, None, None)
+        .await?;
+    let mut used_ips = HashSet::new();
+    let mut used_ports = HashSet::new();
+    for kv in &services.items {
+        let s: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        if let Some(ip) = s.pointer("/spec/clusterIP").and_then(Value::as_str) {
+            used_ips.insert(ip.to_string());
+        }
+        for p in s
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = p["nodePort"].as_i64() {
+                used_ports.insert(n);
+            }
+        }
+    }
+    let name = meta::name(obj).unwrap_or_default().to_string();
+    let requested = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let (base, size) = service_range(api);
+    let ip = if requested == "None" {
+        "None".to_string()
+    } else if !requested.is_empty() {
+        let parsed: Ipv4Addr = requested.parse().map_err(|_| {
+            invalid(
+                &name,
+                "spec.clusterIP",
+                format!("Invalid value: \"{requested}\": must be a valid IP address"),
+            )
+        })?;
+        let n = u32::from(parsed);
+        if n < base || n >= base + size {
+            return Err(invalid(&name, "spec.clusterIP", format!("Invalid value: \"{requested}\": provided IP is not in the valid range. The range of valid IPs is {}/{}", api.info.service_cidr.0, api.info.service_cidr.1)));
+        }
+        if used_ips.contains(&requested) {
+            return Err(invalid(
+                &name,
+                "spec.clusterIP",
+                format!("Invalid value: \"{requested}\": provided IP is already allocated"),
+            ));
+        }
+        requested
+    } else {
+        // Skip the network address and the first IP (kept for the `kubernetes` service) and .10 (DNS).
+        let start = (rand::random::<u32>() % size.saturating_sub(20).max(1)) + 11;
+        (0..size)
+            .map(|i| Ipv4Addr::from(base + (start + i) % size))
+            .filter(|ip| u32::from(*ip) != base && u32::from(*ip) != base + size - 1)
+            .map(|ip| ip.to_string())
+            .find(|ip| !used_ips.contains(ip))
+            .ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?
+    };
+    obj["spec"]["clusterIP"] = json!(ip);
+    obj["spec"]["clusterIPs"] = json!([ip]);
+    if ip != "None" {
+        obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+        if obj.pointer("/spec/ipFamilyPolicy").is_none() {
+            obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+        }
+    }
+    if typ == "NodePort" || typ == "LoadBalancer" {
+        if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            for p in ports {
+                if p.get("nodePort").and_then(Value::as_i64).is_none() {
+                    let start = 30000 + (rand::random::<u32>() % 2768) as i64;
+                    let port = (0..2768)
+                        .map(|i| 30000 + (start - 30000 + i) % 2768)
+                        .find(|n| !used_ports.contains(n))
+                        .ok_or_else(|| {
+                            ApiError::internal("failed to allocate a nodePort: range is full")
+                        })?;
+                    used_ports.insert(port);
+                    p["nodePort"] = json!(port);
+                } else if let Some(n) = p["nodePort"].as_i64() {
+                    if !(30000..=32767).contains(&n) {
+                        return Err(invalid(&name, "spec.ports[0].nodePort", format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn invalid(name: &str, field: &str, message: String) -> ApiError {
+    ApiError::invalid(
+        "",
+        "Service",
+        name,
+        vec![Cause {
+            reason: "FieldValueInvalid".into(),
+            message,
+            field: field.into(),
+        }],
+    )
+}

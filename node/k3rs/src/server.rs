@@ -1,0 +1,265 @@
+//! `k3rs server`: flags (K3s names), PKI, datastore, and the API server.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Instant;
+use tracing::{info, warn};
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct ServerArgs {
+    /// Folder to hold state.
+    #[arg(
+        short = 'd',
+        long,
+        env = "K3RS_DATA_DIR",
+        default_value = "/var/lib/k3rs"
+    )]
+    pub data_dir: PathBuf,
+    /// HTTPS listen port.
+    #[arg(long, env = "K3RS_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// IP address the API server advertises to members of the cluster.
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+    /// IP address to advertise for the node.
+    #[arg(long = "node-ip", short = 'i')]
+    pub node_ip: Vec<IpAddr>,
+    /// Shared secret used to join a server or agent to the cluster.
+    #[arg(short = 't', long, env = "K3RS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Write the admin kubeconfig to this file.
+    #[arg(short = 'o', long, env = "K3RS_KUBECONFIG_OUTPUT", default_value = crate::config::DEFAULT_KUBECONFIG)]
+    pub write_kubeconfig: PathBuf,
+    /// Write the kubeconfig with this mode (octal, e.g. 644).
+    #[arg(long, env = "K3RS_KUBECONFIG_MODE")]
+    pub write_kubeconfig_mode: Option<String>,
+    /// Datastore: empty for SQLite in the data dir, or sqlite://PATH.
+    #[arg(long, env = "K3RS_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+    /// Additional hostnames or IPs as Subject Alternative Names in the serving certificate.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Node name.
+    #[arg(long, env = "K3RS_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// IPv4 network CIDR for pod IPs.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// IPv4 network CIDR for service IPs.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Cluster DNS service IP.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// Cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Do not deploy packaged components (servicelb, traefik, local-storage, metrics-server, coredns).
+    #[arg(long)]
+    pub disable: Vec<String>,
+    /// Do not run a local agent (kubelet) in the server.
+    #[arg(long)]
+    pub disable_agent: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, len) = s
+        .split_once('/')
+        .with_context(|| format!("{s:?} is not a CIDR"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("{s:?}: invalid address"))?;
+    let len: u8 = len
+        .parse()
+        .with_context(|| format!("{s:?}: invalid prefix length"))?;
+    if !(8..=30).contains(&len) {
+        bail!("{s:?}: prefix length must be between 8 and 30");
+    }
+    let mask = u32::MAX << (32 - len);
+    Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+}
+
+/// The host's first non-loopback IPv4 address, as K3s picks the node IP.
+fn default_node_ip() -> IpAddr {
+    // Connecting a UDP socket sends nothing; it only asks the kernel for the outbound address.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn parse_mode(s: &str) -> Result<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .with_context(|| format!("invalid kubeconfig mode {s:?}"))
+}
+
+pub fn run(args: ServerArgs) -> Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    // Two worker threads are plenty for the API server and keep idle memory low.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServerArgs) -> Result<()> {
+    let started = Instant::now();
+    let service_cidr = parse_cidr(&args.service_cidr)?;
+    parse_cidr(&args.cluster_cidr)?;
+    let service_ip = IpAddr::V4(Ipv4Addr::from(u32::from(service_cidr.0) + 1));
+    let node_ips = if args.node_ip.is_empty() {
+        vec![default_node_ip()]
+    } else {
+        args.node_ip.clone()
+    };
+    let advertise_ip = args.advertise_address.unwrap_or(node_ips[0]);
+    let hostname = gethostname::gethostname().to_string_lossy().to_lowercase();
+    let node_name = args.node_name.clone().unwrap_or_else(|| hostname.clone());
+    let kubeconfig_mode = args
+        .write_kubeconfig_mode
+        .as_deref()
+        .map(parse_mode)
+        .transpose()?
+        .unwrap_or(0o600);
+
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
+    let pki = k3rs_pki::load_or_create(&k3rs_pki::PkiOptions {
+        dir: server_dir.join("tls"),
+        hostname: hostname.clone(),
+        sans: args.tls_san.clone(),
+        node_ips: node_ips.clone(),
+        service_ip,
+        token_secret: args.token.clone(),
+    })
+    .context("preparing the cluster PKI")?;
+
+    let db_path = match args.datastore_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        None => server_dir.join("db").join("state.db"),
+        Some(e) if e.starts_with("sqlite://") => PathBuf::from(e.trim_start_matches("sqlite://")),
+        Some(e) => bail!("datastore endpoint {e:?} is not supported yet: only SQLite (empty or sqlite://PATH) is available in this build"),
+    };
+    if let Some(parent) = db_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let store = k3rs_store::Store::open_sqlite(&db_path, k3rs_store::StoreOptions::default())
+        .with_context(|| format!("opening the datastore at {}", db_path.display()))?;
+
+    let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let server = k3rs_apiserver::ApiServer::bind(k3rs_apiserver::Config {
+        listen,
+        serving_cert_pem: pki.serving_cert_pem.clone(),
+        serving_key_pem: pki.serving_key_pem.clone(),
+        client_ca_pem: pki.ca_cert_pem.clone(),
+        store,
+        service_accounts: Some(pki.service_account.clone()),
+        info: k3rs_apiserver::ServerInfo {
+            advertise_ip,
+            port: args.https_listen_port,
+            service_ip,
+            service_cidr,
+        },
+    })
+    .await
+    .context("starting the API server")?;
+    let port = server
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(args.https_listen_port);
+
+    let url = format!("https://127.0.0.1:{port}");
+    k3rs_pki::write_kubeconfig(
+        &args.write_kubeconfig,
+        kubeconfig_mode,
+        &url,
+        "default",
+        &pki.ca_cert_pem,
+        &pki.admin_cert_pem,
+        &pki.admin_key_pem,
+    )
+    .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    // The token and a kubeconfig copy live in the data dir too, as K3s keeps them.
+    std::fs::write(server_dir.join("token"), format!("{}\n", pki.node_token))
+        .context("writing the node token")?;
+    set_mode(&server_dir.join("token"), 0o600)?;
+    if !args.disable_agent {
+        warn!(
+            "the in-process agent (kubelet) is not part of this build yet; pods will stay Pending"
+        );
+    }
+    info!(node = %node_name, %listen, kubeconfig = %args.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "k3rs is up and running");
+
+    tokio::select! {
+        _ = server.serve() => {}
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    Ok(())
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_and_modes() {
+        assert_eq!(
+            parse_cidr("10.43.0.0/16").unwrap(),
+            (Ipv4Addr::new(10, 43, 0, 0), 16)
+        );
+        assert_eq!(
+            parse_cidr("10.43.7.9/16").unwrap().0,
+            Ipv4Addr::new(10, 43, 0, 0)
+        );
+        assert!(parse_cidr("10.43.0.0").is_err());
+        assert!(parse_cidr("10.43.0.0/40").is_err());
+        assert_eq!(parse_mode("644").unwrap(), 0o644);
+        assert_eq!(parse_mode("0600").unwrap(), 0o600);
+        assert!(parse_mode("rw").is_err());
+    }
+}
