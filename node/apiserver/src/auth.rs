@@ -195,17 +195,16 @@ pub async fn authorize(api: &Api, user: &User, a: &Attributes) -> bool {
         }
     };
     for crb in list("/registry/rbac.authorization.k8s.io/clusterrolebindings/".into()).await {
-        if crb["subjects"]
+        let bound = crb["subjects"]
             .as_array()
-            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, "")))
-        {
-            if role_rules(api, &crb["roleRef"], "")
+            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, "")));
+        if bound
+            && role_rules(api, &crb["roleRef"], "")
                 .await
                 .iter()
                 .any(|r| rule_allows(r, a))
-            {
-                return true;
-            }
+        {
+            return true;
         }
     }
     if !a.namespace.is_empty() && a.path.is_none() {
@@ -214,17 +213,16 @@ pub async fn authorize(api: &Api, user: &User, a: &Attributes) -> bool {
             a.namespace
         );
         for rb in list(prefix).await {
-            if rb["subjects"]
+            let bound = rb["subjects"]
                 .as_array()
-                .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &a.namespace)))
-            {
-                if role_rules(api, &rb["roleRef"], &a.namespace)
+                .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &a.namespace)));
+            if bound
+                && role_rules(api, &rb["roleRef"], &a.namespace)
                     .await
                     .iter()
                     .any(|r| rule_allows(r, a))
-                {
-                    return true;
-                }
+            {
+                return true;
             }
         }
     }

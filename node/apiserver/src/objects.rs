@@ -302,6 +302,34 @@ pub fn table(
     t
 }
 
+/// `includeObject`: rows carry PartialObjectMetadata by default, the whole object, or nothing.
+pub fn include_objects(
+    rt: &ResourceType,
+    table: &mut Value,
+    items: Vec<Value>,
+    include: Option<&str>,
+) {
+    let Some(rows) = table.get_mut("rows").and_then(Value::as_array_mut) else {
+        return;
+    };
+    match include {
+        Some("None") => {
+            for row in rows.iter_mut() {
+                if let Some(r) = row.as_object_mut() {
+                    r.remove("object");
+                }
+            }
+        }
+        Some("Object") => {
+            for (row, mut item) in rows.iter_mut().zip(items) {
+                set_type_meta(rt, &mut item);
+                row["object"] = item;
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn render_one(api: &Api, rt: &ResourceType, mut obj: Value, wanted: Wanted) -> Value {
     set_type_meta(rt, &mut obj);
     match wanted {
@@ -1031,11 +1059,7 @@ pub async fn delete(
             return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, name));
         }
         let mut finalizers = meta::finalizers(&obj);
-        let default_policy = if t.rt.kind == "Namespace" {
-            "Background"
-        } else {
-            "Background"
-        };
+        let default_policy = "Background";
         match opts.propagation.as_deref().unwrap_or(default_policy) {
             "Orphan" => push_unique(&mut finalizers, "orphan"),
             "Foreground" => push_unique(&mut finalizers, "foregroundDeletion"),

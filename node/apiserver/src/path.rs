@@ -56,8 +56,8 @@ pub fn parse(path: &str) -> Option<Target> {
     let rest: &[&str] = match rest {
         // `namespaces/<ns>/status|finalize` address the Namespace itself (as upstream's RequestInfo).
         ["namespaces", ns, more @ ..]
-            if !more.is_empty()
-                && !(more.len() == 1 && NAMESPACE_SUBRESOURCES.contains(&more[0])) =>
+            if !(more.is_empty()
+                || more.len() == 1 && NAMESPACE_SUBRESOURCES.contains(&more[0])) =>
         {
             p.namespace = Some(ns.to_string());
             more

@@ -192,7 +192,7 @@ async fn route(
     if rt.namespaced
         && rp.namespace.is_none()
         && !matches!(verb, "list" | "watch")
-        && !(rt.kind == "Namespace")
+        && rt.kind != "Namespace"
     {
         return Err(ApiError::not_found(&rp.group, &rp.resource, "")
             .tap_message("the server could not find the requested resource"));
@@ -246,17 +246,15 @@ async fn route(
             Ok(match wanted {
                 body::Wanted::Table => {
                     let rv = out.revision.to_string();
-                    body::json_response(
-                        200,
-                        &objects::table(
-                            api,
-                            &rt,
-                            &out.items,
-                            Some(rv),
-                            out.continue_token,
-                            q.get("includeObject").map(String::as_str) != Some("None") || true,
-                        ),
-                    )
+                    let mut table =
+                        objects::table(api, &rt, &out.items, Some(rv), out.continue_token, true);
+                    objects::include_objects(
+                        &rt,
+                        &mut table,
+                        out.items,
+                        q.get("includeObject").map(String::as_str),
+                    );
+                    body::json_response(200, &table)
                 }
                 body::Wanted::PartialObjectMetadata => {
                     let mut l = objects::list_object(&rt, out);
@@ -291,7 +289,7 @@ async fn route(
         }
         (Method::POST, Some(n), Some("token")) => {
             let raw = read_body(req).await?;
-            token_request(api, &t, n, &raw).await
+            token_request(api, &t, n, &media, &raw).await
         }
         (Method::POST, Some(n), Some("binding")) => {
             let raw = read_body(req).await?;
@@ -647,6 +645,7 @@ async fn token_request(
     api: &Api,
     t: &Target<'_>,
     name: &str,
+    media: &str,
     raw: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     let keys = api
@@ -658,7 +657,7 @@ async fn token_request(
     let req = if raw.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        body::decode_json(raw)?
+        body::decode_object(media, raw)?
     };
     let expiration = req
         .pointer("/spec/expirationSeconds")

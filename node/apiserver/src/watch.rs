@@ -146,10 +146,8 @@ pub async fn watch(
                 return;
             }
         }
-        if send_initial && bookmarks {
-            if !send(enc.bookmark(start, true)).await {
-                return;
-            }
+        if send_initial && bookmarks && !send(enc.bookmark(start, true)).await {
+            return;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_revision = start;
