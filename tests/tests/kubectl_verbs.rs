@@ -354,14 +354,28 @@ fn conflicts_invalid_objects_and_rbac() -> anyhow::Result<()> {
     );
 
     // A service account token authenticates but has no permissions: 403.
-    let token = c.ok(&["create", "token", "default", "-n", "default"]);
-    let token = match token {
-        Ok(t) => t,
-        Err(_) => {
-            c.ok(&["create", "serviceaccount", "default", "-n", "default"])?;
-            c.ok(&["create", "token", "default", "-n", "default"])?
-        }
-    };
+    // Every namespace gets its `default` ServiceAccount and the root CA ConfigMap.
+    let ready = eventually(Duration::from_secs(10), || {
+        let sa = c.kubectl(&["get", "sa", "default", "-n", "default"]).ok()?;
+        let cm = c
+            .kubectl(&[
+                "get",
+                "cm",
+                "kube-root-ca.crt",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ])
+            .ok()?;
+        (sa.status.success() && String::from_utf8_lossy(&cm.stdout).contains("BEGIN CERTIFICATE"))
+            .then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "default ServiceAccount and kube-root-ca.crt are published"
+    );
+    let token = c.ok(&["create", "token", "default", "-n", "default"])?;
     let out = c
         .kubectl_cmd(None)
         .args(["--token", token.trim(), "get", "secrets", "-n", "default"])

@@ -82,6 +82,7 @@ impl ApiServer {
                 service_accounts: config.service_accounts,
             },
             info: config.info,
+            cluster_ca_pem: config.client_ca_pem.clone(),
         });
         api.reload_crds().await?;
         bootstrap::run(&api).await.map_err(Error::Bootstrap)?;

@@ -205,11 +205,23 @@ impl Lifecycle {
         for kv in pending {
             self.clone().handle_deleting(&index, &kv).await?;
         }
+        for kv in list
+            .items
+            .iter()
+            .filter(|kv| kv.key.starts_with(NAMESPACES))
+        {
+            let ns = &kv.key[NAMESPACES.len()..];
+            self.ensure_namespace_defaults(ns).await?;
+        }
         let mut watcher = api.store.watch("/registry/", list.revision).await?;
         while let Some(ev) = watcher.next().await {
             let obj = meta::decode_from_store(&ev.kv.value, ev.kv.mod_revision);
             match ev.kind {
                 EventKind::Delete => {
+                    // Someone deleted a namespace default: put it back while the namespace lives.
+                    if let Some(ns) = namespace_default_owner(&ev.kv.key) {
+                        self.ensure_namespace_defaults(ns).await?;
+                    }
                     let owners = index.owners_of.get(&ev.kv.key).cloned().unwrap_or_default();
                     index.remove(&ev.kv.key);
                     self.finish_foreground(&index, &owners).await?;
@@ -219,6 +231,11 @@ impl Lifecycle {
                     }
                 }
                 _ => {
+                    if ev.kind == EventKind::Create {
+                        if let Some(ns) = ev.kv.key.strip_prefix(NAMESPACES) {
+                            self.ensure_namespace_defaults(ns).await?;
+                        }
+                    }
                     index.add(&ev.kv.key, &obj);
                     if meta::is_deleting(&obj) {
                         self.clone().handle_deleting(&index, &ev.kv).await?;
@@ -300,6 +317,60 @@ impl Lifecycle {
                         s.remove(&name);
                     }
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every live namespace has a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap
+    /// (upstream's ServiceAccount controller and root-CA publisher). Writes only what is missing.
+    async fn ensure_namespace_defaults(&self, ns: &str) -> Result<(), ApiError> {
+        let api = &self.api;
+        match api.store.get(&format!("{NAMESPACES}{ns}")).await? {
+            Some(kv)
+                if !meta::is_deleting(&meta::decode_from_store(&kv.value, kv.mod_revision)) => {}
+            _ => return Ok(()),
+        }
+        let wanted = [
+            (
+                "",
+                "ServiceAccount",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}),
+            ),
+            (
+                "",
+                "ConfigMap",
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": ns,
+                                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                       "data": {"ca.crt": api.cluster_ca_pem}}),
+            ),
+        ];
+        for (group, kind, obj) in wanted {
+            let Some(rt) = api.by_kind(group, kind) else {
+                continue;
+            };
+            let name = meta::name(&obj).unwrap_or_default().to_string();
+            if api
+                .store
+                .get(&rt.storage_key(Some(ns), &name))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let t = Target {
+                rt: &rt,
+                namespace: Some(ns),
+                name: None,
+            };
+            let mut q = Query::new();
+            q.insert("fieldManager".into(), "kube-controller-manager".into());
+            match objects::create(api, &t, obj, &q).await {
+                Ok(_) => {}
+                // Lost a race, or the namespace started terminating: both are fine.
+                Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -405,6 +476,18 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+const NAMESPACES: &str = "/registry/core/namespaces/";
+const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
+/// The namespace whose default object this key is (`default` SA or root CA ConfigMap), if any.
+fn namespace_default_owner(key: &str) -> Option<&str> {
+    if let Some(rest) = key.strip_prefix("/registry/core/serviceaccounts/") {
+        return rest.strip_suffix("/default");
+    }
+    key.strip_prefix("/registry/core/configmaps/")?
+        .strip_suffix(&format!("/{ROOT_CA_CONFIGMAP}"))
 }
 
 fn drop_owner_ref(obj: &mut Value, uid: &str) {

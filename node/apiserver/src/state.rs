@@ -150,6 +150,8 @@ pub struct Api {
     pub openapi: RwLock<Arc<OpenApi>>,
     pub auth: crate::auth::Authenticator,
     pub info: ServerInfo,
+    /// The cluster CA certificate, published to every namespace as `kube-root-ca.crt`.
+    pub cluster_ca_pem: String,
 }
 
 impl Api {
