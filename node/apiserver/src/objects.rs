@@ -379,7 +379,13 @@ fn admit(
         Some(schema) => crate::crd::prune_and_default(schema, obj),
         None => {
             k3rs_resources::validation::apply_defaults(&rt.group, &rt.version, &rt.kind, obj);
-            k3rs_resources::validation::unknown_fields(&rt.group, &rt.version, &rt.kind, obj)
+            let unknown =
+                k3rs_resources::validation::unknown_fields(&rt.group, &rt.version, &rt.kind, obj);
+            // Upstream decodes into the typed struct, so unknown fields never reach storage.
+            for path in &unknown {
+                remove_path(obj, path);
+            }
+            unknown
         }
     };
     if !unknown.is_empty() {
@@ -418,6 +424,48 @@ fn admit(
         return Err(ApiError::invalid(&rt.group, &rt.kind, &name, causes));
     }
     Ok(warnings)
+}
+
+/// Removes the field at a dotted path with `[i]` indexes (`spec.containers[0].imagee`).
+fn remove_path(obj: &mut Value, path: &str) {
+    let mut segments: Vec<(String, Option<usize>)> = Vec::new();
+    for part in path.split('.') {
+        match part.split_once('[') {
+            Some((name, idx)) => {
+                segments.push((name.to_string(), None));
+                for i in idx.split('[') {
+                    let i = i.trim_end_matches(']');
+                    if let Ok(n) = i.parse() {
+                        segments.push((String::new(), Some(n)));
+                    }
+                }
+            }
+            None => segments.push((part.to_string(), None)),
+        }
+    }
+    let Some((last, rest)) = segments.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for (name, idx) in rest {
+        let next = match idx {
+            Some(i) => cur.get_mut(*i),
+            None => cur.get_mut(name.as_str()),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    match (last, cur) {
+        ((name, None), Value::Object(m)) => {
+            m.remove(name);
+        }
+        ((_, Some(i)), Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+        }
+        _ => {}
+    }
 }
 
 /// A successful write's answer: the object plus any warnings for the `Warning` header.
@@ -1292,6 +1340,18 @@ mod tests {
             (42, "/registry/core/configmaps/default/a".to_string())
         );
         assert_eq!(decode_continue("!!!").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn unknown_paths_are_removed() {
+        let mut obj = json!({"spec": {"replicass": 1, "template": {"spec": {"containers": [{"name": "a", "imagee": "x"}]}}}});
+        remove_path(&mut obj, "spec.replicass");
+        remove_path(&mut obj, "spec.template.spec.containers[0].imagee");
+        remove_path(&mut obj, "spec.missing.deeper");
+        assert_eq!(
+            obj,
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}})
+        );
     }
 
     #[test]
