@@ -473,8 +473,35 @@ spec:
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0}\n",
     )?;
     assert!(!out.status.success(), "size 0 violates minimum");
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 5}\n",
+    )?;
     c.ok(&["delete", "widget", "w"])?;
     c.ok(&["delete", "crd", "widgets.example.com"])?;
+    let unserved = eventually(Duration::from_secs(10), || {
+        let out = c
+            .kubectl(&[
+                "get",
+                "--raw",
+                "/apis/example.com/v1/namespaces/default/widgets",
+            ])
+            .ok()?;
+        (!out.status.success()).then_some(())
+    });
+    assert!(unserved.is_some(), "a deleted CRD is no longer served");
+    // Re-creating the CRD does not resurrect old objects.
+    c.kubectl_stdin(None, &["apply", "-f", "-"], crd)?;
+    let empty = eventually(Duration::from_secs(10), || {
+        let out = c.kubectl(&["get", "widgets", "-o", "name"]).ok()?;
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).trim().is_empty())
+            .then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "custom objects were removed with their CRD"
+    );
     Ok(())
 }
 

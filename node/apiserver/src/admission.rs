@@ -29,6 +29,39 @@ pub async fn after_write(api: &Api, rt: &ResourceType, _obj: &Value) {
     }
 }
 
+/// After a delete: a removed CRD stops being served and its custom objects are deleted
+/// (upstream's `customresourcecleanup`).
+pub async fn after_delete(api: &Api, rt: &ResourceType, obj: &Value) {
+    if !(rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition") {
+        return;
+    }
+    if let Err(e) = api.reload_crds().await {
+        tracing::warn!(error = %e, "reloading CustomResourceDefinitions failed");
+    }
+    let group = obj
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = obj
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if group.is_empty() || plural.is_empty() {
+        return;
+    }
+    let prefix = format!("/registry/{group}/{plural}/");
+    match api.store.list(&prefix, None, None, None).await {
+        Ok(list) => {
+            for kv in list.items {
+                if let Err(e) = api.store.delete(&kv.key, None).await {
+                    tracing::warn!(key = %kv.key, error = %e, "removing custom object of a deleted CRD");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing custom objects of a deleted CRD"),
+    }
+}
+
 fn crd_status(obj: &mut Value) {
     let now = meta::now_rfc3339();
     let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));

@@ -843,6 +843,7 @@ pub async fn write_update(
         let mut object = obj;
         meta::metadata_mut(&mut object)
             .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        crate::admission::after_delete(api, t.rt, &object).await;
         return Ok(Written {
             object,
             created: false,
@@ -1122,7 +1123,10 @@ pub async fn delete(
                 return Ok((obj, 200));
             }
             match api.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(_) => return Ok((obj, 200)),
+                Ok(_) => {
+                    crate::admission::after_delete(api, t.rt, &obj).await;
+                    return Ok((obj, 200));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound) => {
                     return Err(ApiError::not_found(&t.rt.group, &t.rt.plural, name))
