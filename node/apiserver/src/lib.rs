@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod crd;
 pub mod discovery;
 pub mod lifecycle;
+pub mod local_client;
 pub mod meta;
 pub mod objects;
 pub mod path;
@@ -16,6 +17,7 @@ pub mod selectors;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod subresources;
 pub mod tls;
 pub mod watch;
 
@@ -23,7 +25,7 @@ pub use server::{version_string, KUBERNETES_VERSION};
 pub use state::{Api, ServerInfo};
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,21 +73,14 @@ impl ApiServer {
                 addr: config.listen,
                 source,
             })?;
-        let index = state::ResourceIndex::builtin();
-        let types: Vec<_> = index.types.iter().map(|t| (**t).clone()).collect();
-        let openapi = k3rs_openapi::OpenApi::build(&types, &[]);
-        let api = Arc::new(Api {
-            store: config.store,
-            resources: RwLock::new(index),
-            openapi: RwLock::new(Arc::new(openapi)),
-            auth: auth::Authenticator {
-                service_accounts: config.service_accounts,
-            },
-            info: config.info,
-            cluster_ca_pem: config.client_ca_pem.clone(),
-        });
-        api.reload_crds().await?;
-        bootstrap::run(&api).await.map_err(Error::Bootstrap)?;
+        let api = Api::start(
+            config.store,
+            config.service_accounts,
+            config.info,
+            config.client_ca_pem,
+        )
+        .await?;
+
         Ok(ApiServer {
             api,
             listener,

@@ -155,6 +155,33 @@ pub struct Api {
 }
 
 impl Api {
+    /// Builds the served state over a store: resource index (built-ins plus stored CRDs),
+    /// OpenAPI, and the bootstrap objects. No network: `ApiServer::bind` serves it over HTTPS,
+    /// in-process components use it through `LocalClient`.
+    pub async fn start(
+        store: Store,
+        service_accounts: Option<k3rs_pki::ServiceAccountKeys>,
+        info: ServerInfo,
+        cluster_ca_pem: String,
+    ) -> Result<Arc<Api>, crate::Error> {
+        let index = ResourceIndex::builtin();
+        let types: Vec<ResourceType> = index.types.iter().map(|t| (**t).clone()).collect();
+        let openapi = OpenApi::build(&types, &[]);
+        let api = Arc::new(Api {
+            store,
+            resources: RwLock::new(index),
+            openapi: RwLock::new(Arc::new(openapi)),
+            auth: crate::auth::Authenticator { service_accounts },
+            info,
+            cluster_ca_pem,
+        });
+        api.reload_crds().await?;
+        crate::bootstrap::run(&api)
+            .await
+            .map_err(crate::Error::Bootstrap)?;
+        Ok(api)
+    }
+
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
         self.resources
             .read()

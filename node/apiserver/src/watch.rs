@@ -71,14 +71,27 @@ fn error_event(err: &ApiError) -> Bytes {
     Bytes::from(line)
 }
 
-pub async fn watch(
+/// One item of a watch, before encoding.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// ADDED, MODIFIED or DELETED with the object (resourceVersion set).
+    Event(&'static str, Value),
+    Bookmark {
+        revision: i64,
+        initial_end: bool,
+    },
+    Error(ApiError),
+}
+
+/// Starts a watch and returns its items; the HTTP layer and in-process clients both consume it.
+/// The stream ends at `timeoutSeconds`, when the receiver is dropped, or after an Error item.
+pub async fn events(
     api: Arc<Api>,
     rt: Arc<ResourceType>,
     namespace: Option<String>,
     name: Option<String>,
     q: &Query,
-    wanted: Wanted,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<mpsc::Receiver<WatchItem>, ApiError> {
     let mut sel = Selectors::from_query(q)?;
     if let Some(n) = &name {
         let field = format!("metadata.name={n}");
@@ -111,6 +124,9 @@ pub async fn watch(
         list_q.remove("limit");
         list_q.remove("continue");
         list_q.remove("resourceVersion");
+        if let Some(n) = &name {
+            list_q.insert("fieldSelector".into(), format!("metadata.name={n}"));
+        }
         let out = objects::list(&api, &target, &list_q).await?;
         initial = out.items;
         out.revision
@@ -121,32 +137,31 @@ pub async fn watch(
             .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?
     };
 
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
-    let mut enc = Encoder {
-        api: api.clone(),
-        rt: rt.clone(),
-        wanted,
-        sent_columns: false,
-    };
+    let (tx, rx) = mpsc::channel::<WatchItem>(256);
     let watcher = api.store.watch(&prefix, start).await;
     tokio::spawn(async move {
-        let send = |b: Bytes| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
-        };
         let mut watcher = match watcher {
             Ok(w) => w,
             Err(e) => {
-                let _ = send(error_event(&ApiError::from(e))).await;
+                let _ = tx.send(WatchItem::Error(ApiError::from(e))).await;
                 return;
             }
         };
         for obj in initial {
-            if !send(enc.event("ADDED", obj)).await {
+            if tx.send(WatchItem::Event("ADDED", obj)).await.is_err() {
                 return;
             }
         }
-        if send_initial && bookmarks && !send(enc.bookmark(start, true)).await {
+        if send_initial
+            && bookmarks
+            && tx
+                .send(WatchItem::Bookmark {
+                    revision: start,
+                    initial_end: true,
+                })
+                .await
+                .is_err()
+        {
             return;
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -159,12 +174,12 @@ pub async fn watch(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = ticker.tick(), if bookmarks => {
-                    if !send(enc.bookmark(last_revision, false)).await { return; }
+                    if tx.send(WatchItem::Bookmark { revision: last_revision, initial_end: false }).await.is_err() { return; }
                 }
                 _ = tx.closed() => return,
                 ev = watcher.next() => {
                     let Some(ev) = ev else {
-                        let _ = send(error_event(&ApiError::gone("watch closed: too old resource version, please re-list"))).await;
+                        let _ = tx.send(WatchItem::Error(ApiError::gone("watch closed: too old resource version, please re-list"))).await;
                         return;
                     };
                     last_revision = ev.kv.mod_revision;
@@ -179,8 +194,48 @@ pub async fn watch(
                         (_, true, false) => "DELETED",
                         (_, false, false) => continue,
                     };
-                    if !send(enc.event(kind, obj)).await { return; }
+                    if tx.send(WatchItem::Event(kind, obj)).await.is_err() { return; }
                 }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The HTTP watch: items encoded as newline-delimited JSON over a chunked response.
+pub async fn watch(
+    api: Arc<Api>,
+    rt: Arc<ResourceType>,
+    namespace: Option<String>,
+    name: Option<String>,
+    q: &Query,
+    wanted: Wanted,
+) -> Result<Response<Body>, ApiError> {
+    let mut items = events(api.clone(), rt.clone(), namespace, name, q).await?;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    let mut enc = Encoder {
+        api,
+        rt,
+        wanted,
+        sent_columns: false,
+    };
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                _ = tx.closed() => return,
+                item = items.recv() => item,
+            };
+            let Some(item) = item else { return };
+            let bytes = match item {
+                WatchItem::Event(kind, obj) => enc.event(kind, obj),
+                WatchItem::Bookmark {
+                    revision,
+                    initial_end,
+                } => enc.bookmark(revision, initial_end),
+                WatchItem::Error(e) => error_event(&e),
+            };
+            if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                return;
             }
         }
     });
