@@ -36,6 +36,33 @@ fn dry_run_and_strict_field_validation() -> anyhow::Result<()> {
         "{err}"
     );
     assert!(c.fails(&["get", "cm", "t"])?.contains("not found"));
+    // --validate=warn stores the object and prints the server's warning.
+    let out = c
+        .kubectl_cmd(None)
+        .args(["apply", "--validate=warn", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let out = {
+        use std::io::Write;
+        let mut out = out;
+        out.stdin
+            .take()
+            .unwrap()
+            .write_all(typo.replace("name: t", "name: w").as_bytes())?;
+        out.wait_with_output()?
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field \"datta\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --validate=false sends fieldValidation=Ignore: accepted, unknown field dropped.
     c.kubectl_stdin(None, &["apply", "--validate=false", "-f", "-"], typo)?;
     let cm = c.json(&["get", "cm", "t"])?;
@@ -222,5 +249,51 @@ fn every_kubectl_minor_version_works() -> anyhow::Result<()> {
         );
         c.ok_version(Some(&v), &["delete", "ns", &ns, "--timeout=60s"])?;
     }
+    Ok(())
+}
+
+#[test]
+fn watch_bookmarks_mark_the_end_of_initial_events() -> anyhow::Result<()> {
+    let c = Cluster::start()?;
+    c.ok(&["create", "cm", "b1", "--from-literal=a=1"])?;
+    let out = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"])?;
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let added: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "ADDED").collect();
+    assert!(
+        added
+            .iter()
+            .any(|e| e["object"]["metadata"]["name"] == "b1"),
+        "{out}"
+    );
+    let bookmark = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .expect("a bookmark");
+    assert_eq!(
+        bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    // A watch from a given resourceVersion sends only later changes.
+    let rv = c.json(&["get", "cm", "b1"])?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.ok(&["label", "cm", "b1", "x=1"])?;
+    let out = c.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+        ),
+    ])?;
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(events.len(), 1, "{out}");
+    assert_eq!(events[0]["type"], "MODIFIED");
     Ok(())
 }

@@ -459,6 +459,11 @@ spec:
     )?;
     let w = c.json(&["get", "wd", "w"])?;
     assert_eq!(w["spec"]["color"], "blue", "schema default applied");
+    let explain = c.ok(&["explain", "widget.spec.size"])?;
+    assert!(
+        explain.contains("integer"),
+        "CRD schemas reach OpenAPI: {explain}"
+    );
     let table = c.ok(&["get", "widgets"])?;
     assert!(table.contains("SIZE") && table.contains('3'), "{table}");
     let out = c
