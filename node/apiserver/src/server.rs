@@ -277,6 +277,7 @@ async fn route(
                 &objects::render_one(api, &rt, obj, wanted),
             ))
         }
+        (Method::GET, Some(n), Some("log")) => pod_log(api, &t, n, &q).await,
         (Method::GET, Some(n), Some("scale")) => {
             let obj = objects::get(api, &t, n).await?;
             Ok(body::json_response(200, &objects::to_scale(&rt, &obj)))
@@ -579,4 +580,61 @@ async fn virtual_resource(
         }
     }
     Ok(body::json_response(201, &obj))
+}
+
+/// `pods/<name>/log`: streamed from the node that runs the pod.
+async fn pod_log(api: &Api, t: &Target<'_>, name: &str, q: &Query) -> Result<Response<Body>, ApiError> {
+    let pod = objects::get(api, t, name).await?;
+    let names: Vec<String> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array).into_iter().flatten())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    let main: Vec<&str> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(c) => c.clone(),
+        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None if main.len() == 1 => main[0].to_string(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                main.join(" ")
+            )))
+        }
+    };
+    let Some(logs) = api.pod_logs.read().expect("pod logs lock").clone() else {
+        return Err(ApiError::bad_request(format!("pod {name} is not running on a node that serves logs")));
+    };
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: pod is not scheduled")));
+    }
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let opts = k3rs_client::LogOptions {
+        container,
+        follow: flag("follow"),
+        previous: flag("previous"),
+        tail_lines: q.get("tailLines").and_then(|v| v.parse().ok()),
+        since_seconds: q.get("sinceSeconds").and_then(|v| v.parse().ok()),
+        since_time: q.get("sinceTime").cloned(),
+        timestamps: flag("timestamps"),
+        limit_bytes: q.get("limitBytes").and_then(|v| v.parse().ok()),
+    };
+    let ns = t.namespace.unwrap_or("default");
+    let uid = crate::meta::uid(&pod).unwrap_or("");
+    let mut rx = logs
+        .logs(ns, name, uid, &opts)
+        .await
+        .map_err(|e| ApiError::bad_request(e.message))?;
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            if tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx)).boxed();
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(resp)
 }

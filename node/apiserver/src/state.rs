@@ -152,6 +152,8 @@ pub struct Api {
     pub info: ServerInfo,
     /// The cluster CA certificate, published to every namespace as `kube-root-ca.crt`.
     pub cluster_ca_pem: String,
+    /// Log streaming of the local node's pods, once its kubelet runs.
+    pub pod_logs: RwLock<Option<Arc<dyn k3rs_client::PodLogs>>>,
 }
 
 impl Api {
@@ -174,6 +176,7 @@ impl Api {
             auth: crate::auth::Authenticator { service_accounts },
             info,
             cluster_ca_pem,
+            pod_logs: RwLock::new(None),
         });
         api.reload_crds().await?;
         crate::bootstrap::run(&api)

@@ -205,3 +205,23 @@ pub trait Client: Send + Sync {
         body: Value,
     ) -> BoxFuture<'a, Result<Value>>;
 }
+
+/// `pods/log` options (kubectl logs flags).
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    pub container: String,
+    pub follow: bool,
+    pub previous: bool,
+    pub tail_lines: Option<usize>,
+    pub since_seconds: Option<i64>,
+    pub since_time: Option<String>,
+    pub timestamps: bool,
+    pub limit_bytes: Option<usize>,
+}
+
+/// Streams a container's log; implemented by the node that runs the pod.
+pub trait PodLogs: Send + Sync {
+    /// Chunks of log output; the stream ends when the log ends (or, with `follow`, when the
+    /// container stops or the receiver is dropped).
+    fn logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str, opts: &'a LogOptions) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>>>;
+}
