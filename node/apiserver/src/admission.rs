@@ -17,7 +17,103 @@ pub async fn on_create(api: &Api, t: &Target<'_>, obj: &mut Value) -> Result<(),
     if t.rt.group == "apiextensions.k8s.io" && t.rt.kind == "CustomResourceDefinition" {
         crd_status(obj);
     }
+    if t.rt.group.is_empty() && t.rt.kind == "Pod" {
+        service_account(api, t.namespace.unwrap_or("default"), obj).await?;
+        default_tolerations(obj);
+    }
     Ok(())
+}
+
+/// Upstream's ServiceAccount admission: a pod runs as `default` unless told otherwise, the
+/// account must exist, and its token, the cluster CA and the namespace are mounted at
+/// /var/run/secrets/kubernetes.io/serviceaccount unless automounting is switched off.
+async fn service_account(api: &Api, namespace: &str, pod: &mut Value) -> Result<(), ApiError> {
+    let sa_name = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    pod["spec"]["serviceAccountName"] = json!(sa_name);
+    pod["spec"]["serviceAccount"] = json!(sa_name);
+    let name = meta::name(pod).unwrap_or_default().to_string();
+    let sa = match api.store.get(&format!("/registry/core/serviceaccounts/{namespace}/{sa_name}")).await? {
+        Some(kv) => meta::decode_from_store(&kv.value, kv.mod_revision),
+        None => {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{name}\" is forbidden: error looking up service account {namespace}/{sa_name}: serviceaccount \"{sa_name}\" not found"
+            )))
+        }
+    };
+    let automount = pod
+        .pointer("/spec/automountServiceAccountToken")
+        .or_else(|| sa.get("automountServiceAccountToken"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let already = ["containers", "initContainers"].iter().any(|k| {
+        pod.pointer(&format!("/spec/{k}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["mountPath"] == MOUNT_PATH)
+            })
+    });
+    if !automount || already {
+        return Ok(());
+    }
+    let volume = format!("kube-api-access-{}", meta::generated_suffix());
+    let vols = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut vols = vols;
+    vols.push(json!({"name": volume, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}}));
+    pod["spec"]["volumes"] = json!(vols);
+    for k in ["containers", "initContainers"] {
+        if let Some(list) = pod
+            .pointer_mut(&format!("/spec/{k}"))
+            .and_then(Value::as_array_mut)
+        {
+            for c in list {
+                let mut mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+                mounts.push(json!({"name": volume, "readOnly": true, "mountPath": MOUNT_PATH}));
+                c["volumeMounts"] = json!(mounts);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Upstream's DefaultTolerationSeconds admission: pods tolerate a not-ready or unreachable
+/// node for 300 s before eviction.
+fn default_tolerations(pod: &mut Value) {
+    let mut tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let present = tolerations
+            .iter()
+            .any(|t| t["key"] == key && (t["effect"] == "NoExecute" || t.get("effect").is_none()));
+        if !present {
+            tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+    pod["spec"]["tolerations"] = json!(tolerations);
 }
 
 /// After a write: CRD changes re-index served types and rebuild OpenAPI.

@@ -218,6 +218,19 @@ pub async fn run(api: &Api) -> Result<(), ApiError> {
         )
         .await?;
     }
+    // Pods need their ServiceAccount at admission: create the system namespaces' accounts now
+    // rather than waiting for the lifecycle controller.
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(
+            api,
+            "",
+            "ServiceAccount",
+            Some(ns),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": ns}}),
+        )
+        .await?;
+    }
     for role in cluster_roles() {
         ensure(api, "rbac.authorization.k8s.io", "ClusterRole", None, role).await?;
     }

@@ -583,17 +583,37 @@ async fn virtual_resource(
 }
 
 /// `pods/<name>/log`: streamed from the node that runs the pod.
-async fn pod_log(api: &Api, t: &Target<'_>, name: &str, q: &Query) -> Result<Response<Body>, ApiError> {
+async fn pod_log(
+    api: &Api,
+    t: &Target<'_>,
+    name: &str,
+    q: &Query,
+) -> Result<Response<Body>, ApiError> {
     let pod = objects::get(api, t, name).await?;
     let names: Vec<String> = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
-        .flat_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|k| {
+            pod.pointer(&format!("/spec/{k}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .filter_map(|c| c["name"].as_str().map(String::from))
         .collect();
-    let main: Vec<&str> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    let main: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     let container = match q.get("container").filter(|c| !c.is_empty()) {
         Some(c) if names.contains(c) => c.clone(),
-        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
         None if main.len() == 1 => main[0].to_string(),
         None => {
             return Err(ApiError::bad_request(format!(
@@ -603,10 +623,18 @@ async fn pod_log(api: &Api, t: &Target<'_>, name: &str, q: &Query) -> Result<Res
         }
     };
     let Some(logs) = api.pod_logs.read().expect("pod logs lock").clone() else {
-        return Err(ApiError::bad_request(format!("pod {name} is not running on a node that serves logs")));
+        return Err(ApiError::bad_request(format!(
+            "pod {name} is not running on a node that serves logs"
+        )));
     };
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: pod is not scheduled")));
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: pod is not scheduled"
+        )));
     }
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
     let opts = k3rs_client::LogOptions {
@@ -625,16 +653,25 @@ async fn pod_log(api: &Api, t: &Target<'_>, name: &str, q: &Query) -> Result<Res
         .logs(ns, name, uid, &opts)
         .await
         .map_err(|e| ApiError::bad_request(e.message))?;
-    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(16);
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(16);
     tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            if tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk)))).await.is_err() {
+            if tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(chunk))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
-    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx)).boxed();
+    let body =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx))
+            .boxed();
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(resp)
 }
