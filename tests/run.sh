@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build k3rs"
 cargo build -p k3rs --quiet
 
+echo "== runtime test dependencies"
+bash tests/install-runtime-deps.sh
+
 echo "== cargo test"
 # End-to-end tests each start their own server on a free port, so they can run in parallel.
 cargo test --workspace --quiet -- --test-threads=4

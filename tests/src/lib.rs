@@ -1,6 +1,8 @@
 //! End-to-end harness: starts the real `k3rs` binary on a free loopback port with its own data
 //! dir and drives it with the real kubectl.
 
+pub mod images;
+
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct Cluster {
     pub port: u16,
     pub kubeconfig: PathBuf,
     extra_args: Vec<String>,
+    /// Run the in-process kubelet (needs root); API-only tests leave it off.
+    agent: bool,
 }
 
 impl Cluster {
@@ -60,9 +64,39 @@ impl Cluster {
             kubeconfig,
             dir,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            agent: false,
         };
         c.spawn()?;
         Ok(c)
+    }
+
+    /// A server with its kubelet, and `busybox:test` in the airgap images directory.
+    pub fn start_node() -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("k3rs-e2e-node-")
+            .tempdir_in("/var/tmp")?;
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut c = Cluster {
+            child: None,
+            port: free_port(),
+            kubeconfig,
+            dir,
+            extra_args: Vec::new(),
+            agent: true,
+        };
+        let images = c.data_dir().join("agent/images");
+        std::fs::create_dir_all(&images)?;
+        images::write_busybox_archive(&images.join("busybox.tar"), "test")?;
+        c.spawn()?;
+        Ok(c)
+    }
+
+    /// The node name the server registers (its hostname).
+    pub fn node_name(&self) -> Result<String> {
+        Ok(self
+            .ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?
+            .trim()
+            .to_string())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -82,7 +116,7 @@ impl Cluster {
             .arg("--bind-address=127.0.0.1")
             .arg("--node-ip=127.0.0.1")
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
-            .arg("--disable-agent")
+            .args((!self.agent).then_some("--disable-agent"))
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

@@ -190,35 +190,51 @@ fn finalizers_hold_deletion_and_foreground_waits_for_dependents() -> anyhow::Res
 #[test]
 fn status_subresource_is_separate_from_spec() -> anyhow::Result<()> {
     let c = Cluster::start()?;
-    c.ok(&["create", "deploy", "d", "--image=busybox"])?;
+    // A custom resource: no controller writes its status, so the test sees only its own writes.
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: gadgets, singular: gadget, kind: Gadget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    subresources: {status: {}}\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec: {type: object, properties: {size: {type: integer}}}\n          status: {type: object, properties: {seen: {type: integer}}}\n";
+    c.kubectl_stdin(None, &["apply", "-f", "-"], crd)?;
+    let ready = eventually(Duration::from_secs(10), || {
+        c.kubectl(&["get", "gadgets"])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    });
+    assert!(ready.is_some());
+    c.kubectl_stdin(None, &["create", "-f", "-"], "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\nspec: {size: 1}\nstatus: {seen: 5}\n")?;
+    let g = c.json(&["get", "gadget", "g"])?;
+    assert!(
+        g.get("status").is_none(),
+        "status is dropped on create: {g}"
+    );
     c.ok(&[
         "patch",
-        "deploy",
-        "d",
+        "gadget",
+        "g",
         "--subresource=status",
         "--type=merge",
         "-p",
-        r#"{"status":{"replicas":9}}"#,
+        r#"{"status":{"seen":9}}"#,
     ])?;
-    let d = c.json(&["get", "deploy", "d"])?;
-    assert_eq!(d["status"]["replicas"], 9);
+    let g = c.json(&["get", "gadget", "g"])?;
+    assert_eq!(g["status"]["seen"], 9);
     assert_eq!(
-        d["metadata"]["generation"], 1,
+        g["metadata"]["generation"], 1,
         "status writes do not bump generation"
     );
-    // The main resource ignores status changes.
+    // The main resource ignores status changes; spec changes bump generation.
     c.ok(&[
         "patch",
-        "deploy",
-        "d",
+        "gadget",
+        "g",
         "--type=merge",
         "-p",
-        r#"{"status":{"replicas":1},"spec":{"replicas":2}}"#,
+        r#"{"status":{"seen":1},"spec":{"size":2}}"#,
     ])?;
-    let d = c.json(&["get", "deploy", "d"])?;
-    assert_eq!(d["status"]["replicas"], 9);
-    assert_eq!(d["spec"]["replicas"], 2);
-    assert_eq!(d["metadata"]["generation"], 2);
+    let g = c.json(&["get", "gadget", "g"])?;
+    assert_eq!(g["status"]["seen"], 9);
+    assert_eq!(g["spec"]["size"], 2);
+    assert_eq!(g["metadata"]["generation"], 2);
+    c.ok(&["create", "deploy", "d", "--image=busybox"])?;
     let table = c.ok(&["get", "deploy", "d"])?;
     assert!(
         table.contains("UP-TO-DATE") && table.contains("AVAILABLE"),

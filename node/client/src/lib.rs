@@ -223,5 +223,11 @@ pub struct LogOptions {
 pub trait PodLogs: Send + Sync {
     /// Chunks of log output; the stream ends when the log ends (or, with `follow`, when the
     /// container stops or the receiver is dropped).
-    fn logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str, opts: &'a LogOptions) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>>>;
+    fn logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+        opts: &'a LogOptions,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>>>;
 }

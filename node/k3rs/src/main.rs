@@ -3,7 +3,7 @@
 mod config;
 mod server;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -20,6 +20,20 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Run an agent that joins a server.
     Agent,
+    /// Manage the node's image store: import airgap archives, list, remove.
+    Images {
+        /// The data dir of the node.
+        #[arg(
+            short = 'd',
+            long,
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs",
+            global = true
+        )]
+        data_dir: std::path::PathBuf,
+        #[command(subcommand)]
+        action: ImagesAction,
+    },
     /// Run the system kubectl against this server's kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -28,7 +42,64 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ImagesAction {
+    /// Import `docker save` or OCI layout archives.
+    Import { files: Vec<std::path::PathBuf> },
+    /// List images.
+    Ls,
+    /// Remove images by reference.
+    Rm { references: Vec<String> },
+}
+
+fn images(data_dir: &std::path::Path, action: ImagesAction) -> Result<()> {
+    let store = k3rs_images::ImageStore::open(data_dir.join("agent").join("images-store"))?;
+    match action {
+        ImagesAction::Import { files } => {
+            for f in files {
+                for img in store
+                    .import_archive(&f)
+                    .with_context(|| format!("importing {}", f.display()))?
+                {
+                    println!("imported {} ({})", img.reference, img.id);
+                }
+            }
+        }
+        ImagesAction::Ls => {
+            println!("{:<60} {:<20} {:>10}", "IMAGE", "IMAGE ID", "SIZE");
+            for img in store.list()? {
+                let short = img
+                    .id
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(13)
+                    .collect::<String>();
+                println!(
+                    "{:<60} {:<20} {:>9.1}M",
+                    img.reference,
+                    short,
+                    img.size as f64 / 1048576.0
+                );
+            }
+        }
+        ImagesAction::Rm { references } => {
+            for r in references {
+                store.remove(&r)?;
+                println!("deleted {r}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    // `k3rs shim ...`: the hidden per-container shim of k3rs-runtime, started by the node. It is
+    // dispatched before config and flag parsing: it must start fast, single-threaded.
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("shim") {
+        let code = k3rs_runtime::shim::main(&raw[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let argv = match config::argv_with_config_file(std::env::args().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -43,6 +114,7 @@ fn main() -> ExitCode {
             "agent mode is not available in this build yet: run `k3rs server` for a single-node cluster"
         )),
         Command::Kubectl { args } => kubectl(args),
+        Command::Images { data_dir, action } => images(&data_dir, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -63,6 +64,9 @@ pub struct ServerArgs {
     /// Do not deploy packaged components (servicelb, traefik, local-storage, metrics-server, coredns).
     #[arg(long)]
     pub disable: Vec<String>,
+    /// Register the node with these labels (key=value).
+    #[arg(long = "node-label")]
+    pub node_label: Vec<String>,
     /// Do not run a local agent (kubelet) in the server.
     #[arg(long)]
     pub disable_agent: bool,
@@ -187,6 +191,18 @@ async fn serve(args: ServerArgs) -> Result<()> {
     })
     .await
     .context("starting the API server")?;
+    // Scheduler and controllers run in-process against the API through the local client.
+    let local: std::sync::Arc<dyn k3rs_client::Client> = std::sync::Arc::new(
+        k3rs_apiserver::local_client::LocalClient::new(server.api.clone()),
+    );
+    tokio::spawn(k3rs_scheduler::run(
+        local.clone(),
+        k3rs_scheduler::SchedulerConfig::default(),
+    ));
+    tokio::spawn(k3rs_controllers::run(
+        local,
+        k3rs_controllers::ControllersConfig::default(),
+    ));
     let port = server
         .local_addr()
         .map(|a| a.port())
@@ -208,9 +224,43 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .context("writing the node token")?;
     set_mode(&server_dir.join("token"), 0o600)?;
     if !args.disable_agent {
-        warn!(
-            "the in-process agent (kubelet) is not part of this build yet; pods will stay Pending"
-        );
+        if rustix::process::geteuid().is_root() {
+            let client: Arc<dyn k3rs_client::Client> = Arc::new(
+                k3rs_apiserver::local_client::LocalClient::new(server.api.clone()),
+            );
+            let kubelet = k3rs_kubelet::Kubelet::start(
+                client,
+                k3rs_kubelet::KubeletConfig {
+                    node: k3rs_kubelet::node::NodeConfig {
+                        name: node_name.clone(),
+                        addresses: node_ips.clone(),
+                        hostname: hostname.clone(),
+                        data_dir: args.data_dir.clone(),
+                        labels: args
+                            .node_label
+                            .iter()
+                            .filter_map(|l| {
+                                l.split_once('=')
+                                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                            })
+                            .collect(),
+                        taints: Vec::new(),
+                        control_plane: true,
+                        max_pods: 110,
+                        kubelet_version: k3rs_apiserver::version_string(),
+                    },
+                    agent_dir: args.data_dir.join("agent"),
+                    cluster_dns: Some(args.cluster_dns.to_string()),
+                    cluster_domain: args.cluster_domain.clone(),
+                },
+            )
+            .await
+            .context("starting the kubelet")?;
+            *server.api.pod_logs.write().expect("pod logs lock") =
+                Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
+        } else {
+            warn!("not running as root: the in-process agent (kubelet) is disabled; pods will stay Pending");
+        }
     }
     info!(node = %node_name, %listen, kubeconfig = %args.write_kubeconfig.display(), elapsed_ms = started.elapsed().as_millis() as u64, "k3rs is up and running");
 

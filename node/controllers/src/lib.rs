@@ -1,0 +1,104 @@
+//! k3rs's controller manager: the workload and service controllers of kube-controller-manager,
+//! in-process, written against [`k3rs_client::Client`].
+//!
+//! All controllers share one set of watch-fed caches ([`informer::Informer`]), one per resource
+//! type; each controller has a de-duplicating work queue of object keys and reconciles one key at
+//! a time inside an `info_span!("reconcile", kind, namespace, name)`. Nothing resyncs
+//! periodically and every write is compared with what is stored first, so an idle cluster makes
+//! the controllers write nothing.
+#![forbid(unsafe_code)]
+
+pub mod deployment;
+pub mod endpoints;
+pub mod events;
+pub mod informer;
+pub mod job;
+pub mod replicaset;
+pub mod selector;
+
+use informer::Informer;
+use k3rs_client::{Client, ClientError, Resource};
+use std::sync::Arc;
+use tracing::info;
+
+#[derive(Clone, Debug, Default)]
+pub struct ControllersConfig {
+    /// Take a Lease before reconciling, so two servers sharing one datastore never both act.
+    /// Off by default: the embedded SQLite datastore cannot be shared by two servers, so a single
+    /// server needs no election, and lease renewals would write to disk every few seconds.
+    /// (Not implemented yet: setting it only logs a warning.)
+    pub leader_election: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Api(&'static str, #[source] ClientError),
+}
+
+/// What every controller shares: the client, the caches and the event recorder.
+pub struct Ctx {
+    pub client: Arc<dyn Client>,
+    pub pods: Informer,
+    pub replicasets: Informer,
+    pub deployments: Informer,
+    pub jobs: Informer,
+    pub services: Informer,
+    pub endpoints: Informer,
+    pub endpointslices: Informer,
+    pub recorder: events::Recorder,
+}
+
+impl Ctx {
+    pub fn new(client: Arc<dyn Client>) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            recorder: events::Recorder::new(client.clone(), "controller-manager"),
+            client,
+            pods: Informer::new(Resource::core("pods")),
+            replicasets: Informer::new(replicaset::resource()),
+            deployments: Informer::new(deployment::resource()),
+            jobs: Informer::new(job::resource()),
+            services: Informer::new(Resource::core("services")),
+            endpoints: Informer::new(Resource::core("endpoints")),
+            endpointslices: Informer::new(endpoints::slice_resource()),
+        })
+    }
+
+    fn informers(&self) -> [&Informer; 7] {
+        [
+            &self.pods,
+            &self.replicasets,
+            &self.deployments,
+            &self.jobs,
+            &self.services,
+            &self.endpoints,
+            &self.endpointslices,
+        ]
+    }
+}
+
+/// Builds every controller, starts the caches, waits for them to fill, then runs the
+/// controllers forever.
+pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
+    if config.leader_election {
+        tracing::warn!(
+            "leader election is not implemented yet; running as the only controller manager"
+        );
+    }
+    let ctx = Ctx::new(client.clone());
+    let rs = replicaset::ReplicaSetController::new(ctx.clone());
+    let deploy = deployment::DeploymentController::new(ctx.clone());
+    let ep = endpoints::EndpointsController::new(ctx.clone());
+    let jobs = job::JobController::new(ctx.clone());
+    for i in ctx.informers() {
+        i.spawn(client.clone());
+    }
+    for i in ctx.informers() {
+        i.wait_synced().await;
+    }
+    info!("controllers starting");
+    tokio::spawn(rs.run());
+    tokio::spawn(deploy.run());
+    tokio::spawn(ep.run());
+    jobs.run().await;
+}

@@ -1,0 +1,390 @@
+//! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, adopting
+//! orphans, and reports replicas/ready/available/fullyLabeled/observedGeneration.
+
+use crate::informer::{key_of, Expectations, Queue};
+use crate::selector::{self, available, controller_of, is_active, is_deleting, split_key};
+use crate::{Ctx, Error};
+use k3rs_client::{DeleteParams, Patch, Resource};
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info_span, Instrument};
+
+const MANAGER: &str = "replicaset-controller";
+/// At most this many pods are created or deleted per sync (upstream's burstReplicas).
+const BURST: usize = 500;
+
+pub fn resource() -> Resource {
+    Resource::new("apps", "v1", "replicasets")
+}
+
+#[derive(Clone)]
+pub struct ReplicaSetController {
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    exp: Expectations,
+}
+
+impl ReplicaSetController {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        let me = ReplicaSetController {
+            ctx: ctx.clone(),
+            queue: Queue::default(),
+            exp: Expectations::default(),
+        };
+        let q = me.queue.clone();
+        ctx.replicasets.on_change(Box::new(move |_, new| {
+            if let Some(rs) = new {
+                q.add(key_of(rs));
+            }
+        }));
+        let m = me.clone();
+        ctx.pods
+            .on_change(Box::new(move |old, new| m.pod_changed(old, new)));
+        me
+    }
+
+    fn owner_key(pod: &Value) -> Option<String> {
+        let (kind, name, _) = controller_of(pod)?;
+        (kind == "ReplicaSet").then(|| {
+            format!(
+                "{}/{}",
+                pod["metadata"]["namespace"].as_str().unwrap_or(""),
+                name
+            )
+        })
+    }
+
+    fn pod_changed(&self, old: Option<&Value>, new: Option<&Value>) {
+        match (old, new) {
+            (None, Some(p)) => {
+                if let Some(k) = Self::owner_key(p) {
+                    self.exp.creation_observed(&k);
+                    self.queue.add(k);
+                } else {
+                    self.enqueue_matching(p);
+                }
+            }
+            (Some(o), Some(p)) => {
+                let (ok, nk) = (Self::owner_key(o), Self::owner_key(p));
+                if is_deleting(p) && !is_deleting(o) {
+                    if let Some(k) = &nk {
+                        self.exp.deletion_observed(k, &key_of(p));
+                    }
+                }
+                if ok != nk {
+                    if let Some(k) = ok {
+                        self.queue.add(k);
+                    }
+                }
+                match nk {
+                    Some(k) => self.queue.add(k),
+                    None => self.enqueue_matching(p),
+                }
+            }
+            (Some(o), None) => {
+                if let Some(k) = Self::owner_key(o) {
+                    self.exp.deletion_observed(&k, &key_of(o));
+                    self.queue.add(k);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// An orphan pod: the ReplicaSets whose selector matches it may adopt it.
+    fn enqueue_matching(&self, pod: &Value) {
+        if !is_active(pod) {
+            return;
+        }
+        let ns = pod["metadata"]["namespace"].as_str();
+        for rs in self.ctx.replicasets.list(ns) {
+            if selector::matches(&rs["spec"]["selector"], &pod["metadata"]["labels"]) {
+                self.queue.add(key_of(&rs));
+            }
+        }
+    }
+
+    pub async fn run(self) {
+        loop {
+            let key = self.queue.pop().await;
+            let (ns, name) = split_key(&key);
+            let span = info_span!("reconcile", kind = "ReplicaSet", namespace = %ns, name = %name);
+            match self.reconcile(&key).instrument(span.clone()).await {
+                Ok(Some(after)) => self.queue.add_after(key, after),
+                Ok(None) => {}
+                Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
+                    self.queue.add_after(key, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// One sync; returns when to look again (minReadySeconds), if needed.
+    pub async fn reconcile(&self, key: &str) -> Result<Option<Duration>, Error> {
+        let Some(rs) = self.ctx.replicasets.get(key) else {
+            self.exp.forget(key);
+            return Ok(None);
+        };
+        let (ns, _) = split_key(key);
+        let uid = rs["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let sel = &rs["spec"]["selector"];
+        let mut pods = Vec::new();
+        for p in self.ctx.pods.list(Some(ns)) {
+            match controller_of(&p) {
+                Some((_, _, u)) if u == uid => pods.push(p),
+                None if !is_deleting(&rs)
+                    && is_active(&p)
+                    && selector::matches(sel, &p["metadata"]["labels"]) =>
+                {
+                    // Adopt the orphan.
+                    let patch = json!({"metadata": {
+                        "ownerReferences": [selector::owner_ref("apps/v1", "ReplicaSet", &rs)]}});
+                    let pn = p["metadata"]["name"].as_str().unwrap_or("");
+                    match self
+                        .ctx
+                        .client
+                        .patch(
+                            &Resource::core("pods"),
+                            Some(ns),
+                            pn,
+                            Patch::Strategic(patch),
+                            None,
+                            MANAGER,
+                        )
+                        .await
+                    {
+                        Ok(adopted) => pods.push(adopted),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(Error::Api("adopting a pod", e)),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let active: Vec<Value> = pods.into_iter().filter(is_active).collect();
+        let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+        if self.exp.satisfied(key) && !is_deleting(&rs) {
+            self.manage(&rs, key, &active, want).await?;
+        }
+        self.update_status(&rs, &active).await
+    }
+
+    async fn manage(
+        &self,
+        rs: &Value,
+        key: &str,
+        active: &[Value],
+        want: usize,
+    ) -> Result<(), Error> {
+        let (ns, name) = split_key(key);
+        let pods = Resource::core("pods");
+        if active.len() < want {
+            let n = (want - active.len()).min(BURST);
+            self.exp.expect(key, n as i64, HashSet::new());
+            let template = &rs["spec"]["template"];
+            for _ in 0..n {
+                let pod = pod_from_template(
+                    template,
+                    name,
+                    &selector::owner_ref("apps/v1", "ReplicaSet", rs),
+                );
+                match self.ctx.client.create(&pods, Some(ns), pod, MANAGER).await {
+                    Ok(p) => {
+                        let pn = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        self.ctx
+                            .recorder
+                            .normal(
+                                rs,
+                                "SuccessfulCreate",
+                                &format!("Created pod: {pn}"),
+                                "Create",
+                            )
+                            .await;
+                    }
+                    Err(e) => {
+                        self.exp.creation_observed(key);
+                        self.ctx
+                            .recorder
+                            .warning(
+                                rs,
+                                "FailedCreate",
+                                &format!("Error creating: {}", e.message),
+                                "Create",
+                            )
+                            .await;
+                        return Err(Error::Api("creating a pod", e));
+                    }
+                }
+            }
+        } else if active.len() > want {
+            let n = (active.len() - want).min(BURST);
+            let mut ranked: Vec<&Value> = active.iter().collect();
+            ranked.sort_by_key(|p| deletion_rank(p));
+            let victims: Vec<&Value> = ranked.into_iter().take(n).collect();
+            self.exp
+                .expect(key, 0, victims.iter().map(|p| key_of(p)).collect());
+            for p in victims {
+                let pn = p["metadata"]["name"].as_str().unwrap_or("");
+                match self
+                    .ctx
+                    .client
+                    .delete(&pods, Some(ns), pn, &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => {
+                        self.ctx
+                            .recorder
+                            .normal(
+                                rs,
+                                "SuccessfulDelete",
+                                &format!("Deleted pod: {pn}"),
+                                "Delete",
+                            )
+                            .await
+                    }
+                    Err(e) if e.is_not_found() => self.exp.deletion_observed(key, &key_of(p)),
+                    Err(e) => {
+                        self.exp.deletion_observed(key, &key_of(p));
+                        return Err(Error::Api("deleting a pod", e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_status(&self, rs: &Value, active: &[Value]) -> Result<Option<Duration>, Error> {
+        let key = key_of(rs);
+        let (ns, name) = split_key(&key);
+        let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+        let now = chrono::Utc::now();
+        let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
+        let mut ready = 0;
+        let mut avail = 0;
+        let mut fully = 0;
+        let mut recheck: Option<Duration> = None;
+        for p in active {
+            if selector::is_ready(p) {
+                ready += 1;
+            }
+            match available(p, min_ready, now) {
+                Ok(()) => avail += 1,
+                Err(Some(d)) => recheck = Some(recheck.map_or(d, |r| r.min(d))),
+                Err(None) => {}
+            }
+            let labels = &p["metadata"]["labels"];
+            if template_labels
+                .as_object()
+                .is_none_or(|t| t.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            {
+                fully += 1;
+            }
+        }
+        let mut status = rs["status"].as_object().cloned().unwrap_or_default();
+        let set = |k: &str, v: Value, status: &mut Map<String, Value>| {
+            if v == json!(0) && k != "replicas" {
+                status.remove(k);
+            } else {
+                status.insert(k.into(), v);
+            }
+        };
+        set("replicas", json!(active.len()), &mut status);
+        set("fullyLabeledReplicas", json!(fully), &mut status);
+        set("readyReplicas", json!(ready), &mut status);
+        set("availableReplicas", json!(avail), &mut status);
+        set(
+            "observedGeneration",
+            rs["metadata"]["generation"].clone(),
+            &mut status,
+        );
+        let new = Value::Object(status);
+        if new != rs["status"] {
+            debug!(?new, "status");
+            let updated = self
+                .ctx
+                .client
+                .patch(
+                    &resource(),
+                    Some(ns),
+                    name,
+                    Patch::Merge(json!({"status": merge_replacing(&rs["status"], &new)})),
+                    Some("status"),
+                    MANAGER,
+                )
+                .await;
+            match updated {
+                Ok(o) => self.ctx.replicasets.observe(&o),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(Error::Api("updating status", e)),
+            }
+        }
+        Ok(recheck.map(|d| d + Duration::from_millis(100)))
+    }
+}
+
+/// Pods to delete first sort first (upstream's ActivePodsWithRanks, simplified): unassigned, then
+/// pending, not ready, more restarts, newer.
+fn deletion_rank(
+    p: &Value,
+) -> (
+    bool,
+    u8,
+    bool,
+    std::cmp::Reverse<i64>,
+    std::cmp::Reverse<String>,
+) {
+    let assigned = p["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let phase = match p["status"]["phase"].as_str() {
+        Some("Pending") => 0,
+        Some("Unknown") => 1,
+        _ => 2,
+    };
+    let restarts: i64 = p["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
+    let created = p["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (
+        assigned,
+        phase,
+        selector::is_ready(p),
+        std::cmp::Reverse(restarts),
+        std::cmp::Reverse(created),
+    )
+}
+
+/// A pod for a controller: the template's labels, annotations and spec, `generateName` `<owner>-`.
+pub fn pod_from_template(template: &Value, owner_name: &str, owner_ref: &Value) -> Value {
+    let mut meta = Map::new();
+    meta.insert("generateName".into(), json!(format!("{owner_name}-")));
+    for k in ["labels", "annotations"] {
+        if let Some(v) = template["metadata"].get(k).filter(|v| v.is_object()) {
+            meta.insert(k.into(), v.clone());
+        }
+    }
+    meta.insert("ownerReferences".into(), json!([owner_ref]));
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]})
+}
+
+/// A merge patch that turns `old` into `new` at the top level (nulls for dropped fields).
+pub fn merge_replacing(old: &Value, new: &Value) -> Value {
+    let mut patch = new.clone();
+    if let (Some(p), Some(o)) = (patch.as_object_mut(), old.as_object()) {
+        for k in o.keys() {
+            if !p.contains_key(k) {
+                p.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    patch
+}

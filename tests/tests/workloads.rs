@@ -1,0 +1,309 @@
+//! Workloads end to end: the real `k3rs server` (scheduler and controllers in-process) driven by
+//! the real kubectl. No kubelet runs (`--disable-agent`): Node objects are created by the test and
+//! a "fake kubelet" thread marks bound pods Running+Ready (Job pods: Succeeded) and finishes
+//! graceful deletions, as upstream's integration tests do.
+
+use k3rs_e2e::{eventually, Cluster};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn add_node(c: &Cluster, name: &str, cpu: &str) -> anyhow::Result<()> {
+    c.kubectl_stdin(
+        None,
+        &["create", "-f", "-"],
+        &format!(
+            r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{name}", "labels": {{"kubernetes.io/hostname": "{name}"}}}}}}"#
+        ),
+    )?;
+    c.ok(&[
+        "patch", "node", name, "--subresource=status", "--type=merge", "-p",
+        &format!(r#"{{"status": {{"capacity": {{"cpu": "{cpu}", "memory": "8Gi", "pods": "110"}},
+            "allocatable": {{"cpu": "{cpu}", "memory": "8Gi", "pods": "110"}},
+            "conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}}]}}}}"#),
+    ])?;
+    Ok(())
+}
+
+/// Plays the kubelet until dropped.
+struct FakeKubelet {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeKubelet {
+    fn start(c: &Cluster) -> FakeKubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kubeconfig = c.kubeconfig.clone();
+        let home = c.dir.path().to_path_buf();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let kubectl = |args: &[&str]| {
+                std::process::Command::new(k3rs_e2e::kubectl_path(None))
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("HOME", &home)
+                    .args(args)
+                    .output()
+            };
+            let mut n = 0u32;
+            while !s.load(Ordering::SeqCst) {
+                let Ok(out) = kubectl(&["get", "pods", "-A", "-o", "json"]) else {
+                    continue;
+                };
+                let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                for p in list["items"].as_array().into_iter().flatten() {
+                    let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
+                    let name = p["metadata"]["name"].as_str().unwrap_or("");
+                    if !p["metadata"]["deletionTimestamp"].is_null() {
+                        let _ = kubectl(&[
+                            "delete",
+                            "pod",
+                            "-n",
+                            ns,
+                            name,
+                            "--grace-period=0",
+                            "--force",
+                            "--wait=false",
+                        ]);
+                        continue;
+                    }
+                    if p["spec"]["nodeName"].is_null() || p["status"]["phase"] != "Pending" {
+                        continue;
+                    }
+                    n += 1;
+                    let now = chrono_now();
+                    let status = if p["metadata"]["labels"]["job-name"].is_string() {
+                        r#"{"status": {"phase": "Succeeded"}}"#.to_string()
+                    } else {
+                        format!(
+                            r#"{{"status": {{"phase": "Running", "podIP": "10.42.{}.{}",
+                            "conditions": [{{"type": "Ready", "status": "True", "lastTransitionTime": "{now}"}}],
+                            "containerStatuses": [{{"name": "c", "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": {{"running": {{"startedAt": "{now}"}}}}}}]}}}}"#,
+                            n / 250,
+                            n % 250 + 1
+                        )
+                    };
+                    let _ = kubectl(&[
+                        "patch",
+                        "pod",
+                        "-n",
+                        ns,
+                        name,
+                        "--subresource=status",
+                        "--type=merge",
+                        "-p",
+                        &status,
+                    ]);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        FakeKubelet {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn chrono_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Watches ReplicaSets through `kubectl get rs --watch` and records every moment the sum of
+/// their replicas exceeded `max_total`.
+fn watch_surge(
+    c: &Cluster,
+    max_total: i64,
+) -> anyhow::Result<(std::process::Child, Arc<Mutex<Vec<String>>>)> {
+    let mut child = c
+        .kubectl_cmd(None)
+        .args(["get", "rs", "-l", "app=web", "--watch", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let v = violations.clone();
+    std::thread::spawn(move || {
+        let mut specs: HashMap<String, i64> = HashMap::new();
+        for obj in
+            serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>()
+        {
+            let Ok(rs) = obj else { break };
+            let items = if rs["kind"] == "List" {
+                rs["items"].as_array().cloned().unwrap_or_default()
+            } else {
+                vec![rs]
+            };
+            for r in items {
+                specs.insert(
+                    r["metadata"]["name"].as_str().unwrap_or("").into(),
+                    r["spec"]["replicas"].as_i64().unwrap_or(0),
+                );
+            }
+            let total: i64 = specs.values().sum();
+            if total > max_total {
+                if let Ok(mut v) = v.lock() {
+                    v.push(format!("{specs:?}"));
+                }
+            }
+        }
+    });
+    Ok((child, violations))
+}
+
+#[test]
+fn deployment_rolls_out_scales_updates_and_undoes() -> anyhow::Result<()> {
+    let c = Cluster::start()?;
+    add_node(&c, "node-a", "8")?;
+    add_node(&c, "node-b", "8")?;
+    let _kubelet = FakeKubelet::start(&c);
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/web:1",
+        "--replicas=4",
+    ])?;
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    let pods = c.json(&["get", "pods", "-l", "app=web"])?;
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 4);
+    assert!(
+        items.iter().all(|p| p["spec"]["nodeName"].is_string()),
+        "all bound"
+    );
+
+    c.ok(&["scale", "deployment/web", "--replicas=6"])?;
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    assert_eq!(
+        c.json(&["get", "deployment", "web"])?["status"]["readyReplicas"],
+        6
+    );
+
+    // A new image rolls with maxSurge 25% (2 of 6): never more than 8 replicas in total.
+    let (mut watcher, violations) = watch_surge(&c, 8)?;
+    std::thread::sleep(Duration::from_millis(500));
+    c.ok(&["set", "image", "deployment/web", "web=registry.local/web:2"])?;
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    let d = c.json(&["get", "deployment", "web"])?;
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "2"
+    );
+    let rs = c.json(&["get", "rs", "-l", "app=web"])?;
+    assert_eq!(rs["items"].as_array().map(Vec::len), Some(2));
+
+    // Undo goes back to revision 1's template (as revision 3).
+    c.ok(&["rollout", "undo", "deployment/web"])?;
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    let d = c.json(&["get", "deployment", "web"])?;
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.local/web:1"
+    );
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    let rs = c.json(&["get", "rs", "-l", "app=web"])?;
+    assert_eq!(
+        rs["items"].as_array().map(Vec::len),
+        Some(2),
+        "undo reuses revision 1's ReplicaSet"
+    );
+    let history = c.ok(&["rollout", "history", "deployment/web"])?;
+    assert!(history.contains('2') && history.contains('3'), "{history}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        violations.lock().map(|v| v.is_empty()).unwrap_or(false),
+        "surge exceeded: {:?}",
+        violations.lock().map(|v| v.clone())
+    );
+
+    // Restart makes a new ReplicaSet.
+    c.ok(&["rollout", "restart", "deployment/web"])?;
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    let rs = c.json(&["get", "rs", "-l", "app=web"])?;
+    assert_eq!(
+        rs["items"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        c.ok(&["get", "rs", "-o", "yaml"])?
+    );
+    let describe = c.ok(&["describe", "deployment", "web"])?;
+    assert!(describe.contains("ScalingReplicaSet"), "{describe}");
+    Ok(())
+}
+
+#[test]
+fn pod_that_fits_nowhere_stays_pending_with_failed_scheduling() -> anyhow::Result<()> {
+    let c = Cluster::start()?;
+    add_node(&c, "node-a", "2")?;
+    c.kubectl_stdin(None, &["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
+        "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "64"}}}]}}"#)?;
+    let describe = eventually(Duration::from_secs(20), || {
+        let d = c.ok(&["describe", "pod", "huge"]).ok()?;
+        d.contains("FailedScheduling").then_some(d)
+    });
+    let describe = describe.expect("FailedScheduling event");
+    assert!(
+        describe.contains("0/1 nodes are available: 1 Insufficient cpu."),
+        "{describe}"
+    );
+    assert!(describe.contains("default-scheduler"), "{describe}");
+    let p = c.json(&["get", "pod", "huge"])?;
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert!(p["spec"]["nodeName"].is_null());
+    // A bigger node arrives: the pod is retried and bound.
+    add_node(&c, "node-big", "128")?;
+    let bound = eventually(Duration::from_secs(20), || {
+        let p = c.json(&["get", "pod", "huge"]).ok()?;
+        p["spec"]["nodeName"].as_str().map(String::from)
+    });
+    assert_eq!(bound.as_deref(), Some("node-big"));
+    Ok(())
+}
+
+#[test]
+fn job_completes_when_its_pods_succeed() -> anyhow::Result<()> {
+    let c = Cluster::start()?;
+    add_node(&c, "node-a", "4")?;
+    let _kubelet = FakeKubelet::start(&c);
+    c.kubectl_stdin(
+        None,
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi"},
+        "spec": {"completions": 3, "parallelism": 2, "template": {"spec": {"restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "perl"}]}}}}"#,
+    )?;
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/pi",
+        "--timeout=60s",
+    ])?;
+    let j = c.json(&["get", "job", "pi"])?;
+    assert_eq!(j["status"]["succeeded"], 3);
+    let pods = c.json(&["get", "pods", "-l", "job-name=pi"])?;
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
