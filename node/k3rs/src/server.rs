@@ -248,6 +248,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
                         control_plane: true,
                         max_pods: 110,
                         kubelet_version: k3rs_apiserver::version_string(),
+                        heartbeat: k3rs_kubelet::node::Heartbeat::IN_PROCESS,
                     },
                     agent_dir: args.data_dir.join("agent"),
                     cluster_dns: Some(args.cluster_dns.to_string()),

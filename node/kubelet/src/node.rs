@@ -21,6 +21,31 @@ pub struct NodeConfig {
     pub control_plane: bool,
     pub max_pods: u32,
     pub kubelet_version: String,
+    /// How the node proves it is alive (see [`Heartbeat`]).
+    pub heartbeat: Heartbeat,
+}
+
+/// Lease timing. Upstream renews a 40 s lease every 10 s: right for a remote kubelet, but every
+/// renewal is a committed write on the server's disk (≈ 8 MiB/hour measured with SQLite), which
+/// wears out SD cards. A kubelet inside the server process shares its fate with the API server, so
+/// it uses a long lease renewed rarely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub lease_duration_seconds: i64,
+    pub renew_interval: Duration,
+}
+
+impl Heartbeat {
+    /// Upstream's kubelet defaults, for nodes that run apart from the server.
+    pub const REMOTE: Heartbeat = Heartbeat {
+        lease_duration_seconds: 40,
+        renew_interval: Duration::from_secs(10),
+    };
+    /// The kubelet inside `k3rs server`.
+    pub const IN_PROCESS: Heartbeat = Heartbeat {
+        lease_duration_seconds: 360,
+        renew_interval: Duration::from_secs(300),
+    };
 }
 
 /// Facts read from the machine.
@@ -197,9 +222,6 @@ fn now() -> String {
 
 /// Upstream posts node status every 5 minutes when nothing changed; changes go out at once.
 pub const STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(300);
-/// Lease renewal, as upstream (leaseDurationSeconds 40, renewed every 10 s).
-pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
-pub const LEASE_DURATION_SECONDS: i64 = 40;
 
 /// Creates or refreshes the Node: status (capacity, info, Ready) is written on start, labels and
 /// taints given on the command line are added (existing ones are kept, as kubelet does).
@@ -261,12 +283,12 @@ pub async fn register(
     Ok(())
 }
 
-fn lease_object(name: &str, node_uid: &str, now_micro: &str) -> Value {
+fn lease_object(name: &str, node_uid: &str, now_micro: &str, duration: i64) -> Value {
     json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": name, "namespace": "kube-node-lease",
                      "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}]},
-        "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now_micro},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": now_micro},
     })
 }
 
@@ -301,7 +323,7 @@ pub async fn heartbeat(client: std::sync::Arc<dyn Client>, cfg: NodeConfig) {
                 .create(
                     &leases,
                     Some("kube-node-lease"),
-                    lease_object(&cfg.name, &node_uid, &stamp),
+                    lease_object(&cfg.name, &node_uid, &stamp, cfg.heartbeat.lease_duration_seconds),
                     "kubelet",
                 )
                 .await
@@ -312,7 +334,7 @@ pub async fn heartbeat(client: std::sync::Arc<dyn Client>, cfg: NodeConfig) {
                     &leases,
                     Some("kube-node-lease"),
                     &cfg.name,
-                    Patch::Merge(json!({"spec": {"renewTime": stamp, "holderIdentity": cfg.name}})),
+                    Patch::Merge(json!({"spec": {"renewTime": stamp, "holderIdentity": cfg.name, "leaseDurationSeconds": cfg.heartbeat.lease_duration_seconds}})),
                     None,
                     "kubelet",
                 )
@@ -361,7 +383,7 @@ pub async fn heartbeat(client: std::sync::Arc<dyn Client>, cfg: NodeConfig) {
                 }
             }
         }
-        tokio::time::sleep(LEASE_RENEW_INTERVAL).await;
+        tokio::time::sleep(cfg.heartbeat.renew_interval).await;
     }
 }
 
@@ -394,6 +416,7 @@ mod tests {
             control_plane: true,
             max_pods: 110,
             kubelet_version: "v1.33.0+k3rs1".into(),
+            heartbeat: Heartbeat::REMOTE,
         };
         let m = MachineInfo {
             cpus: 2,
