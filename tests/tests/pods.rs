@@ -145,6 +145,30 @@ fn deletion_honours_grace_and_pods_survive_a_daemon_crash() -> anyhow::Result<()
         .unwrap_or("")
         .to_string();
 
+    // exec over WebSocket (v5.channel.k8s.io): output, stdin and exit codes.
+    let out = c.kubectl(&[
+        "exec",
+        "sleeper",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ])?;
+    assert_eq!(out.status.code(), Some(3), "exit code propagates");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "out");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let echoed = c.kubectl_stdin(
+        None,
+        &["exec", "-i", "sleeper", "--", "cat"],
+        "through stdin\n",
+    )?;
+    assert_eq!(echoed.trim(), "through stdin");
+    assert_eq!(
+        c.ok_version(Some("1.30"), &["exec", "sleeper", "--", "hostname"])?
+            .trim(),
+        "sleeper"
+    );
+
     // kill -9 of the node daemon leaves the container running; the restarted daemon adopts it.
     c.restart()?;
     std::thread::sleep(Duration::from_secs(2));

@@ -17,6 +17,7 @@ pub mod selectors;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod streaming;
 pub mod subresources;
 pub mod tls;
 pub mod watch;

@@ -154,6 +154,8 @@ pub struct Api {
     pub cluster_ca_pem: String,
     /// Log streaming of the local node's pods, once its kubelet runs.
     pub pod_logs: RwLock<Option<Arc<dyn k3rs_client::PodLogs>>>,
+    /// Exec into the local node's pods, once its kubelet runs.
+    pub pod_exec: RwLock<Option<Arc<dyn k3rs_client::PodExec>>>,
 }
 
 impl Api {
@@ -177,6 +179,7 @@ impl Api {
             info,
             cluster_ca_pem,
             pod_logs: RwLock::new(None),
+            pod_exec: RwLock::new(None),
         });
         api.reload_crds().await?;
         crate::bootstrap::run(&api)

@@ -231,3 +231,32 @@ pub trait PodLogs: Send + Sync {
         opts: &'a LogOptions,
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>>>;
 }
+
+/// A `pods/exec` request (`kubectl exec` query parameters).
+#[derive(Clone, Debug, Default)]
+pub struct ExecRequest {
+    pub container: String,
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+/// A running exec: write stdin (drop the sender to close it), read stdout/stderr until they end,
+/// then the exit code.
+pub struct ExecSession {
+    pub stdin: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    pub stdout: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub stderr: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub exit: tokio::sync::oneshot::Receiver<i32>,
+}
+
+/// Runs commands in a pod's containers; implemented by the node that runs the pod.
+pub trait PodExec: Send + Sync {
+    fn exec<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+        request: &'a ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecSession>>;
+}

@@ -257,6 +257,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
             )
             .await
             .context("starting the kubelet")?;
+            *server.api.pod_exec.write().expect("pod exec lock") =
+                Some(k3rs_kubelet::exec::pod_exec(kubelet.pods.clone()));
             *server.api.pod_logs.write().expect("pod logs lock") =
                 Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
         } else {

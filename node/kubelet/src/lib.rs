@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod container_spec;
+pub mod exec;
 pub mod logs;
 pub mod node;
 pub mod pods;

@@ -123,6 +123,10 @@ impl Pods {
         &self.images
     }
 
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     pub fn logs_root(&self) -> PathBuf {
         self.cfg.logs_root()
     }
