@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build k3rs"
 cargo build -p k3rs --quiet
 
+echo "== appliance: host tools and the static k3rs"
+bash tests/prepare-appliance.sh
+
 echo "== runtime test dependencies"
 bash tests/install-runtime-deps.sh
 

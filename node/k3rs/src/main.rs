@@ -20,6 +20,8 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Run an agent that joins a server.
     Agent,
+    /// Appliance: ask PID 1 to stop the node, unmount and power off.
+    Poweroff,
     /// Manage the node's image store: import airgap archives, list, remove.
     Images {
         /// The data dir of the node.
@@ -93,6 +95,10 @@ fn images(data_dir: &std::path::Path, action: ImagesAction) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The appliance boots this binary as /init: run the system's PID 1.
+    if std::process::id() == 1 {
+        k3rs_init::run_pid1();
+    }
     // `k3rs shim ...`: the hidden per-container shim of k3rs-runtime, started by the node. It is
     // dispatched before config and flag parsing: it must start fast, single-threaded.
     let raw: Vec<String> = std::env::args().collect();
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
         )),
         Command::Kubectl { args } => kubectl(args),
         Command::Images { data_dir, action } => images(&data_dir, action),
+        Command::Poweroff => k3rs_init::request_poweroff().map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

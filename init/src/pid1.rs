@@ -1,0 +1,883 @@
+//! PID 1: bring the machine up, supervise the node daemon, bring it down cleanly.
+//! Every step logs and survives its failure; nothing here panics or returns.
+
+use crate::blockdev::{self, Probe};
+use crate::config::NodeConfig;
+use crate::sys::{MountFlags, RealSys, Sys};
+use crate::{modules, mounts, net, power, supervisor::Backoff};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+pub const DATA_DIR: &str = "/var/lib/k3rs";
+pub const KUBECONFIG: &str = "/etc/k3rs/k3rs.yaml";
+/// The board's module list (one name per line), written by the image builder.
+pub const MODULES_FILE: &str = "/etc/k3rs/modules";
+/// The image's build time (seconds since the epoch): the clock is never set earlier.
+pub const BUILD_EPOCH_FILE: &str = "/etc/k3rs/build-epoch";
+/// Present only in the initramfs: PID 1 there switches to the root slot.
+pub const INITRAMFS_MARKER: &str = "/etc/k3rs/initramfs";
+/// Set by stage 1 when it execs the root slot's `/init`.
+const STAGE_ENV: &str = "K3RS_INIT_STAGE";
+pub const KUBECONFIG_BEGIN: &str = "-----BEGIN K3RS KUBECONFIG-----";
+pub const KUBECONFIG_END: &str = "-----END K3RS KUBECONFIG-----";
+const API_PORT: u16 = 6443;
+
+/// Modules loaded when the image has no module list.
+const DEFAULT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "button",
+    "evdev",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "isofs",
+    "erofs",
+    "squashfs",
+    "overlay",
+    "br_netfilter",
+    "veth",
+    "bridge",
+    "vxlan",
+    "nf_tables",
+    "nft_nat",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    PowerOff,
+    Reboot,
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|u| u.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// `MemTotal − MemAvailable` in KiB, and MemTotal.
+pub fn memory_in_use_kib() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    let total = field("MemTotal:")?;
+    Some((total - field("MemAvailable:")?, total))
+}
+
+/// Runs as PID 1. Never returns.
+pub fn run_pid1() -> ! {
+    // Signals are taken synchronously by the main loop; threads inherit this mask and children
+    // are started through `command`, which clears it.
+    let signals = block_signals();
+    let sys = RealSys;
+    // Stage 2 (the root slot's /init) inherits the mounts moved over by stage 1; mounting again
+    // would stack fresh, empty filesystems on top of them.
+    let stage2 = std::env::var_os(STAGE_ENV).is_some();
+    let failed_mounts = if stage2 { 0 } else { mounts::mount_early(&sys) };
+    ensure_console();
+    init_logging();
+    info!(uptime = uptime(), failed_mounts, "k3rs-init: PID 1 started");
+    clock_sanity();
+    // SAFETY: reboot(RB_DISABLE_CAD) only changes how Ctrl-Alt-Del is handled (SIGINT to PID 1).
+    unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let moddir = PathBuf::from("/lib/modules").join(release.trim());
+    let list = std::fs::read_to_string(MODULES_FILE).ok();
+    let wanted: Vec<&str> = match &list {
+        Some(l) => l
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect(),
+        None => DEFAULT_MODULES.to_vec(),
+    };
+    if stage2 {
+        info!("k3rs-init: running from the root slot");
+        writable_etc(&sys);
+    } else {
+        modules::load_modules(&sys, &moddir, &wanted);
+        mounts::enable_cgroup_controllers(&sys, Path::new("/sys/fs/cgroup"));
+        mounts::apply_sysctls(&sys, mounts::SYSCTLS);
+        if Path::new(INITRAMFS_MARKER).exists() {
+            // Only returns when the slot cannot be used: then the initramfs is the system.
+            if let Err(e) = switch_to_slot(&sys) {
+                error!("k3rs-init: root slot unusable: {e}; running from the initramfs");
+            }
+        }
+    }
+    power::watch_power_buttons();
+
+    wait_for_partition("data", Duration::from_secs(5));
+    let cfg = load_config(&sys);
+    let hostname = cfg.hostname.clone().unwrap_or_else(|| "k3rs".to_string());
+    set_hostname(&sys, &hostname);
+    let mut mounted = Vec::new();
+    if let Some(m) = mount_data(&sys) {
+        mounted.push(m);
+    }
+    machine_id(&sys);
+    bring_up_network(&hostname);
+    info!(
+        uptime = uptime(),
+        "k3rs-init: system up; starting the node daemon"
+    );
+    supervise(&cfg, &signals, &mounted)
+}
+
+/// A command whose child starts with no blocked signals: the mask PID 1 blocks is inherited
+/// across fork and exec, and std's spawn does not reset it.
+fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls sigemptyset and
+    // pthread_sigmask, which are async-signal-safe, on a local sigset_t.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn cmdline_value(key: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .map(str::to_string)
+}
+
+/// Stage 1 → 2: mounts the root slot named on the kernel command line (`k3rs.slot=A|B`, default
+/// A; `none` stays in the initramfs) read-only, moves the API mounts into it, frees the
+/// initramfs, makes it `/` and execs its `/init`. Returns only on failure, before anything is
+/// lost.
+fn switch_to_slot(sys: &dyn Sys) -> Result<(), String> {
+    let slot = cmdline_value("k3rs.slot").unwrap_or_else(|| "A".into());
+    if slot == "none" {
+        return Err("k3rs.slot=none".into());
+    }
+    let part = format!("root{slot}");
+    let dev = wait_for_partition(&part, Duration::from_secs(5))
+        .ok_or_else(|| format!("no partition named {part}"))?;
+    let head =
+        blockdev::read_head(&dev.dev).map_err(|e| format!("reading {}: {e}", dev.dev.display()))?;
+    let fstype = match blockdev::probe(&head) {
+        Probe::Erofs => "erofs",
+        Probe::Squashfs => "squashfs",
+        other => {
+            return Err(format!(
+                "{} holds {other:?}, not erofs or squashfs",
+                dev.dev.display()
+            ))
+        }
+    };
+    let root = Path::new("/sysroot");
+    let _ = sys.mkdir_all(root);
+    let ro = MountFlags {
+        rdonly: true,
+        nodev: true,
+        ..MountFlags::NONE
+    };
+    sys.mount(&dev.dev.display().to_string(), root, fstype, ro, None)
+        .map_err(|e| format!("mounting {} ({fstype}): {e}", dev.dev.display()))?;
+    if !root.join("init").exists() {
+        let _ = sys.umount(root);
+        return Err(format!("slot {slot} has no /init"));
+    }
+    info!(slot = %slot, device = %dev.dev.display(), fstype, uptime = uptime(), "k3rs-init: switching to root slot");
+    use nix::mount::MsFlags;
+    for m in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        let target = root.join(m.trim_start_matches('/'));
+        if let Err(e) = nix::mount::mount(
+            Some(m),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        ) {
+            warn!(mount = m, error = %e, "moving mount into the slot failed");
+        }
+    }
+    // From here on there is no way back: the initramfs is emptied to give its memory back.
+    free_initramfs(Path::new("/"), root);
+    let step = (|| -> nix::Result<()> {
+        nix::unistd::chdir(root)?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+        nix::unistd::chroot(".")?;
+        nix::unistd::chdir("/")
+    })();
+    if let Err(e) = step {
+        error!(error = %e, "switching root failed");
+    }
+    use std::os::unix::process::CommandExt;
+    let err = Command::new("/init").env(STAGE_ENV, "2").exec();
+    // Nothing to fall back to: keep PID 1 alive so the console shows why.
+    error!(error = %err, "exec of the slot's /init failed; halting");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Deletes the initramfs's files (same filesystem as `/`), leaving mount points such as `keep`.
+fn free_initramfs(dir: &Path, keep: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root_dev) = std::fs::symlink_metadata("/").map(|m| m.dev()) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p == keep {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != root_dev {
+            continue;
+        }
+        if md.is_dir() {
+            free_initramfs(&p, keep);
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// The root slot is read-only: /etc gets a tmpfs-backed overlay for hostname, resolv.conf,
+/// machine-id and the kubeconfig.
+fn writable_etc(sys: &dyn Sys) {
+    let base = Path::new("/run/k3rs/etc");
+    let _ = sys.mkdir_all(&base.join("upper"));
+    let _ = sys.mkdir_all(&base.join("work"));
+    let data = "lowerdir=/etc,upperdir=/run/k3rs/etc/upper,workdir=/run/k3rs/etc/work";
+    if let Err(e) = sys.mount(
+        "overlay",
+        Path::new("/etc"),
+        "overlay",
+        MountFlags {
+            nodev: true,
+            nosuid: true,
+            ..MountFlags::NONE
+        },
+        Some(data),
+    ) {
+        error!(error = %e, "overlay on /etc failed; /etc stays read-only");
+    }
+}
+
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    if let Err(e) = set.thread_block() {
+        eprintln!("k3rs-init: blocking signals failed: {e}");
+    }
+    set
+}
+
+fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` is a valid initialised sigset_t, a null siginfo pointer is allowed, and `ts`
+    // lives for the duration of the call.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if r > 0 {
+        Signal::try_from(r).ok()
+    } else {
+        None
+    }
+}
+
+/// The kernel hands PID 1 /dev/console as fds 0–2 when the initramfs has the node; if it did not,
+/// open it from devtmpfs now.
+fn ensure_console() {
+    use std::os::fd::AsRawFd;
+    if nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    if let Ok(c) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 on a valid open fd onto the standard descriptors, which are unused.
+            unsafe { libc::dup2(c.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn clock_sanity() {
+    let Some(epoch) = std::fs::read_to_string(BUILD_EPOCH_FILE)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if now < epoch {
+        let ts = libc::timespec {
+            tv_sec: epoch as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_settime with a valid clock id and a timespec that outlives the call.
+        let r = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+        warn!(
+            now,
+            epoch,
+            ok = r == 0,
+            "clock was before the image's build date; set it forward"
+        );
+    }
+}
+
+fn wait_for_partition(name: &str, max: Duration) -> Option<blockdev::BlockDev> {
+    let start = Instant::now();
+    loop {
+        if let Some(d) = blockdev::list()
+            .into_iter()
+            .find(|d| d.partname.as_deref() == Some(name))
+        {
+            return Some(d);
+        }
+        if start.elapsed() > max {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_opt(sys: &dyn Sys, p: &Path) -> Option<String> {
+    sys.read_file(p)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The NoCloud seed (a CIDATA vfat/iso9660 volume), else `k3rs.toml` on the ESP, else defaults.
+/// A broken file is reported and ignored: the node boots with defaults and nothing is written.
+fn load_config(sys: &dyn Sys) -> NodeConfig {
+    for dev in blockdev::list() {
+        let Ok(head) = blockdev::read_head(&dev.dev) else {
+            continue;
+        };
+        let fstype = match blockdev::probe(&head) {
+            Probe::Vfat { label } if label.eq_ignore_ascii_case("cidata") => "vfat",
+            Probe::Iso9660 { label } if label.eq_ignore_ascii_case("cidata") => "iso9660",
+            _ => continue,
+        };
+        let dir = Path::new("/run/k3rs/seed");
+        let _ = sys.mkdir_all(dir);
+        let ro = MountFlags {
+            rdonly: true,
+            ..MountFlags::SECURE
+        };
+        if let Err(e) = sys.mount(&dev.dev.display().to_string(), dir, fstype, ro, None) {
+            error!(device = %dev.dev.display(), error = %e, "mounting the NoCloud seed failed; booting with defaults");
+            return NodeConfig::default();
+        }
+        let ud = read_opt(sys, &dir.join("user-data")).unwrap_or_default();
+        let md = read_opt(sys, &dir.join("meta-data"));
+        let _ = sys.umount(dir);
+        return match NodeConfig::from_nocloud(&ud, md.as_deref()) {
+            Ok(c) => {
+                info!(device = %dev.dev.display(), role = ?c.role, hostname = ?c.hostname, "k3rs-init: config from NoCloud seed");
+                c
+            }
+            Err(e) => {
+                error!(device = %dev.dev.display(), "k3rs-init: CONFIG ERROR: {}; booting with defaults, nothing overwritten", chain(&e));
+                NodeConfig::default()
+            }
+        };
+    }
+    if let Some(esp) = blockdev::list()
+        .into_iter()
+        .find(|d| d.partname.as_deref() == Some("ESP"))
+    {
+        let dir = Path::new("/run/k3rs/esp");
+        let _ = sys.mkdir_all(dir);
+        let ro = MountFlags {
+            rdonly: true,
+            ..MountFlags::SECURE
+        };
+        if sys
+            .mount(&esp.dev.display().to_string(), dir, "vfat", ro, None)
+            .is_ok()
+        {
+            let text = read_opt(sys, &dir.join("k3rs.toml"));
+            let _ = sys.umount(dir);
+            if let Some(text) = text {
+                return match NodeConfig::from_toml(&text) {
+                    Ok(c) => {
+                        info!(role = ?c.role, hostname = ?c.hostname, "k3rs-init: config from k3rs.toml on the ESP");
+                        c
+                    }
+                    Err(e) => {
+                        error!("k3rs-init: CONFIG ERROR: {}; booting with defaults, nothing overwritten", chain(&e));
+                        NodeConfig::default()
+                    }
+                };
+            }
+        }
+    }
+    info!("k3rs-init: no seed or k3rs.toml; default config (single-node server)");
+    NodeConfig::default()
+}
+
+fn set_hostname(sys: &dyn Sys, name: &str) {
+    if let Err(e) = sys.set_hostname(name) {
+        warn!(error = %e, "sethostname failed");
+    }
+    let _ = sys.mkdir_all(Path::new("/etc"));
+    let _ = sys.write_file(Path::new("/etc/hostname"), format!("{name}\n").as_bytes());
+    let _ = sys.write_file(
+        Path::new("/etc/hosts"),
+        format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {name}\n").as_bytes(),
+    );
+}
+
+/// Mounts the data partition (GPT name `data`) at /var/lib/k3rs, creating ext4 on it when it is
+/// blank. A partition holding something else is left alone and state stays in memory.
+fn mount_data(sys: &dyn Sys) -> Option<PathBuf> {
+    let target = PathBuf::from(DATA_DIR);
+    let found = mount_data_partition(sys, &target);
+    if found.is_none() {
+        // The root may be read-only: state goes to memory.
+        let flags = MountFlags {
+            nosuid: true,
+            nodev: true,
+            ..MountFlags::NONE
+        };
+        if let Err(e) = sys.mount("k3rs-data", &target, "tmpfs", flags, Some("mode=0700")) {
+            warn!(error = %e, "tmpfs for {DATA_DIR} failed");
+        }
+    }
+    found
+}
+
+fn mount_data_partition(sys: &dyn Sys, target: &Path) -> Option<PathBuf> {
+    let target = target.to_path_buf();
+    let _ = sys.mkdir_all(&target);
+    let Some(dev) = wait_for_partition("data", Duration::from_secs(1)) else {
+        warn!("no data partition (GPT name \"data\"); cluster state lives in memory only");
+        return None;
+    };
+    let head = match blockdev::read_head(&dev.dev) {
+        Ok(h) => h,
+        Err(e) => {
+            error!(device = %dev.dev.display(), error = %e, "reading the data partition failed; state in memory only");
+            return None;
+        }
+    };
+    match blockdev::probe(&head) {
+        Probe::Ext4 => {}
+        Probe::Blank => {
+            info!(device = %dev.dev.display(), "k3rs-init: first boot: creating ext4 on the data partition");
+            let status = command("/sbin/mke2fs")
+                .args([
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-L",
+                    "k3rs-data",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                ])
+                .arg(&dev.dev)
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    error!(status = %s, "mke2fs failed; state in memory only");
+                    return None;
+                }
+                Err(e) => {
+                    error!(error = %e, "running /sbin/mke2fs failed; state in memory only");
+                    return None;
+                }
+            }
+        }
+        other => {
+            error!(device = %dev.dev.display(), found = ?other, "the data partition holds something that is not ext4; not formatting it; state in memory only");
+            return None;
+        }
+    }
+    let flags = MountFlags {
+        nosuid: true,
+        nodev: true,
+        noatime: true,
+        ..MountFlags::NONE
+    };
+    match sys.mount(&dev.dev.display().to_string(), &target, "ext4", flags, None) {
+        Ok(()) => {
+            info!(device = %dev.dev.display(), "k3rs-init: data partition mounted at {DATA_DIR}");
+            Some(target)
+        }
+        Err(e) => {
+            error!(device = %dev.dev.display(), error = %e, "mounting the data partition failed; state in memory only");
+            None
+        }
+    }
+}
+
+fn machine_id(sys: &dyn Sys) {
+    let stored = Path::new(DATA_DIR).join("machine-id");
+    let id = match read_opt(sys, &stored)
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 32)
+    {
+        Some(id) => id,
+        None => {
+            let mut b = [0u8; 16];
+            let _ = std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+            let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            let _ = sys.write_file(&stored, format!("{id}\n").as_bytes());
+            id
+        }
+    };
+    let _ = sys.write_file(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes());
+}
+
+fn bring_up_network(hostname: &str) {
+    let mut nl = match net::Netlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            error!("netlink: {}; no networking", chain(&e));
+            return;
+        }
+    };
+    if let Err(e) = nl.link_up(1) {
+        warn!("loopback: {}", chain(&e));
+    }
+    let start = Instant::now();
+    let iface = loop {
+        if let Some(i) = net::first_wired_interface() {
+            break i;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            warn!("no wired network interface; networking is loopback only");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let result = (|| -> Result<(), net::NetError> {
+        let index = net::ifindex(&iface)?;
+        nl.link_up(index)?;
+        let client = net::DhcpClient::new(&iface, Some(hostname.to_string()))?;
+        let lease = client.acquire(Duration::from_secs(20))?;
+        apply_lease(&mut nl, index, &lease)?;
+        info!(iface = %iface, address = %lease.address, prefix = lease.prefix, router = ?lease.router, dns = ?lease.dns, lease_secs = lease.lease_secs, "k3rs-init: DHCP lease");
+        let spawned = std::thread::Builder::new()
+            .name("dhcp".into())
+            .spawn(move || renew_loop(client, lease, index));
+        if let Err(e) = spawned {
+            warn!(error = %e, "starting the DHCP renewal thread failed");
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        error!(iface = %iface, "network: {}", chain(&e));
+    }
+}
+
+fn apply_lease(nl: &mut net::Netlink, index: u32, lease: &net::Lease) -> Result<(), net::NetError> {
+    nl.add_address(index, lease.address, lease.prefix)?;
+    if let Some(gw) = lease.router {
+        nl.add_default_route(index, gw)?;
+    }
+    if !lease.dns.is_empty() {
+        if let Err(e) = std::fs::write("/etc/resolv.conf", net::resolv_conf(&lease.dns)) {
+            warn!(error = %e, "writing /etc/resolv.conf failed");
+        }
+    }
+    Ok(())
+}
+
+/// Renews at half the lease time; on failure retries every minute, keeping the address.
+fn renew_loop(client: net::DhcpClient, mut lease: net::Lease, index: u32) {
+    let mut wait = Duration::from_secs(u64::from(lease.lease_secs / 2).max(30));
+    loop {
+        std::thread::sleep(wait);
+        match client.renew(&lease) {
+            Ok(l) => {
+                if let Ok(mut nl) = net::Netlink::open() {
+                    if let Err(e) = apply_lease(&mut nl, index, &l) {
+                        warn!("applying the renewed lease: {}", chain(&e));
+                    }
+                }
+                info!(address = %l.address, lease_secs = l.lease_secs, "DHCP lease renewed");
+                lease = l;
+                wait = Duration::from_secs(u64::from(lease.lease_secs / 2).max(30));
+            }
+            Err(e) => {
+                warn!("DHCP renewal: {}", chain(&e));
+                wait = Duration::from_secs(60);
+            }
+        }
+    }
+}
+
+struct Running {
+    pid: Pid,
+    started: Instant,
+}
+
+fn spawn_daemon(cfg: &NodeConfig) -> Option<Running> {
+    let args = cfg.daemon_args(DATA_DIR, KUBECONFIG);
+    let _ = std::fs::create_dir_all("/etc/k3rs");
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    info!(exe = %exe.display(), args = %args.iter().map(|a| if a.starts_with("--token=") { "--token=***" } else { a.as_str() }).collect::<Vec<_>>().join(" "), "k3rs-init: starting the node daemon");
+    match command(&exe)
+        .args(&args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .spawn()
+    {
+        Ok(child) => Some(Running {
+            pid: Pid::from_raw(child.id() as i32),
+            started: Instant::now(),
+        }),
+        Err(e) => {
+            error!(error = %e, "starting the node daemon failed");
+            None
+        }
+    }
+}
+
+fn api_ready() -> bool {
+    Path::new(KUBECONFIG).exists()
+        && std::net::TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::LOCALHOST, API_PORT).into(),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+}
+
+fn supervise(cfg: &NodeConfig, signals: &SigSet, mounted: &[PathBuf]) -> ! {
+    let mut backoff = Backoff::default();
+    let mut child: Option<Running> = None;
+    let mut next_start = Instant::now();
+    let mut ready_at: Option<Instant> = None;
+    let mut idle_reported = false;
+    loop {
+        if child.is_none() && Instant::now() >= next_start {
+            child = spawn_daemon(cfg);
+            if child.is_none() {
+                next_start = Instant::now() + backoff.on_exit(Duration::ZERO);
+            }
+        }
+        let timeout = if ready_at.is_none() && child.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        match wait_signal(signals, timeout) {
+            Some(Signal::SIGCHLD) => {
+                for (pid, status) in reap() {
+                    if child.as_ref().map(|c| c.pid) == Some(pid) {
+                        let ran = child
+                            .take()
+                            .map(|c| c.started.elapsed())
+                            .unwrap_or_default();
+                        let delay = backoff.on_exit(ran);
+                        error!(status = %status, ran_secs = ran.as_secs(), restart_in_secs = delay.as_secs_f32(), restarts = backoff.restarts, "k3rs-init: node daemon exited; restarting");
+                        next_start = Instant::now() + delay;
+                        ready_at = None;
+                        idle_reported = false;
+                    }
+                }
+            }
+            Some(Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR2) => {
+                shutdown(child, Halt::PowerOff, mounted)
+            }
+            Some(Signal::SIGINT) => shutdown(child, Halt::Reboot, mounted),
+            Some(s) => info!(signal = %s, "ignoring signal"),
+            None => {}
+        }
+        if child.is_some() && ready_at.is_none() && api_ready() {
+            ready_at = Some(Instant::now());
+            let mem = memory_in_use_kib().unwrap_or((0, 0));
+            info!(
+                uptime = uptime(),
+                mem_used_kib = mem.0,
+                mem_total_kib = mem.1,
+                "k3rs-init: API ready"
+            );
+            if cfg.print_kubeconfig {
+                print_kubeconfig();
+            }
+        }
+        if let (Some(t), false) = (ready_at, idle_reported) {
+            if t.elapsed() >= Duration::from_secs(10) {
+                idle_reported = true;
+                let mem = memory_in_use_kib().unwrap_or((0, 0));
+                info!(
+                    mem_used_kib = mem.0,
+                    mem_total_kib = mem.1,
+                    "k3rs-init: idle memory (MemTotal - MemAvailable, 10s after API ready)"
+                );
+            }
+        }
+    }
+}
+
+fn print_kubeconfig() {
+    use std::io::Write;
+    match std::fs::read_to_string(KUBECONFIG) {
+        Ok(k) => {
+            let block = format!(
+                "{KUBECONFIG_BEGIN}\n{}{}{KUBECONFIG_END}\n",
+                k,
+                if k.ends_with('\n') { "" } else { "\n" }
+            );
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(block.as_bytes());
+            let _ = out.flush();
+        }
+        Err(e) => warn!(error = %e, "reading the kubeconfig failed"),
+    }
+}
+
+/// Reaps every exited child (orphans included).
+fn reap() -> Vec<(Pid, String)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid, format!("exit code {code}"))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid, format!("killed by {sig}"))),
+            Ok(WaitStatus::StillAlive) | Err(_) => return out,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn wait_gone(pid: Option<Pid>, max: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        let reaped = reap();
+        match pid {
+            Some(p) if reaped.iter().any(|(r, _)| *r == p) => return true,
+            Some(_) => {}
+            // No pid: wait for every process to go (ECHILD).
+            None => {
+                if matches!(
+                    waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+                    Err(nix::errno::Errno::ECHILD)
+                ) {
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn shutdown(child: Option<Running>, halt: Halt, mounted: &[PathBuf]) -> ! {
+    info!(?halt, "k3rs-init: shutting down");
+    if let Some(c) = child {
+        let _ = kill(c.pid, Signal::SIGTERM);
+        if !wait_gone(Some(c.pid), Duration::from_secs(20)) {
+            warn!("node daemon did not stop in 20s; killing it");
+            let _ = kill(c.pid, Signal::SIGKILL);
+            wait_gone(Some(c.pid), Duration::from_secs(2));
+        } else {
+            info!("k3rs-init: node daemon stopped");
+        }
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    if !wait_gone(None, Duration::from_secs(3)) {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        wait_gone(None, Duration::from_secs(1));
+    }
+    nix::unistd::sync();
+    let mut clean = true;
+    for m in mounted.iter().rev() {
+        if let Err(e) = nix::mount::umount(m) {
+            clean = false;
+            warn!(target = %m.display(), error = %e, "unmount failed; remounting read-only");
+            let _ = nix::mount::mount(
+                None::<&str>,
+                m,
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+        }
+    }
+    nix::unistd::sync();
+    if clean {
+        info!("k3rs-init: filesystems unmounted cleanly");
+    }
+    let how = match halt {
+        Halt::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+        Halt::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+    };
+    info!(?halt, "k3rs-init: bye");
+    let err = nix::sys::reboot::reboot(how);
+    error!(error = ?err, "reboot(2) failed; halting here");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `k3rs poweroff`: asks PID 1 to stop the node and power off.
+pub fn request_poweroff() -> std::io::Result<()> {
+    kill(Pid::from_raw(1), Signal::SIGTERM).map_err(std::io::Error::from)
+}
