@@ -274,6 +274,26 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if self.agent {
+            // Containers outlive the node daemon by design: stop this cluster's shims and
+            // unmount its overlays and namespace files so nothing outlives the test.
+            let data = self.data_dir();
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", &format!("k3rs shim .*{}", data.display())])
+                .status();
+            std::thread::sleep(Duration::from_millis(200));
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let prefix = data.to_string_lossy().into_owned();
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| p.starts_with(&prefix))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = Command::new("umount").args(["-l", p]).status();
+            }
+        }
     }
 }
 
