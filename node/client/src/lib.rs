@@ -4,6 +4,8 @@
 //! callers), and an agent gets an HTTPS implementation.
 #![forbid(unsafe_code)]
 
+pub mod events;
+
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;

@@ -10,7 +10,7 @@
 
 pub mod deployment;
 pub mod endpoints;
-pub mod events;
+pub use k3rs_client::events;
 pub mod informer;
 pub mod job;
 pub mod replicaset;

@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
-pub mod events;
+pub use k3rs_client::events;
 pub mod plugins;
 
 use cache::{NodeInfo, PodInfo};

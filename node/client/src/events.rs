@@ -1,7 +1,7 @@
-//! core/v1 Events as kube-scheduler's event recorder writes them: one Event per (object, reason,
-//! message), later repeats bump `count` and `lastTimestamp` on it.
+//! core/v1 Events as the upstream event recorder writes them: one Event per (object, reason,
+//! message), later repeats bump `count` and `lastTimestamp` on it. Used by every component.
 
-use k3rs_client::{Client, Patch, Resource};
+use crate::{Client, Patch, Resource};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
