@@ -51,15 +51,19 @@ impl Queries {
                 &format!("INSERT INTO kv_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
             ),
             list: both(&|b| {
+                // Walk the (name, id) index in name order and stop at LIMIT: each candidate row
+                // is kept only if it is its name's newest at the revision. Joining on a grouped
+                // MAX(id) instead materialises every remaining key for each page, which makes a
+                // paginated list quadratic in the number of objects.
                 format!(
                     "SELECT k.id, k.name, k.created, k.deleted, k.create_revision, \
                      k.prev_revision, k.value \
                      FROM kv_log AS k \
-                     JOIN (SELECT MAX(id) AS id FROM kv_log \
-                           WHERE {} AND name > ? AND id <= ? GROUP BY name) AS m \
-                     ON k.id = m.id \
-                     WHERE k.deleted = 0 ORDER BY k.name LIMIT ?",
-                    range("name", b)
+                     WHERE {} AND k.name > ? \
+                     AND k.id = (SELECT MAX(l.id) FROM kv_log AS l \
+                                 WHERE l.name = k.name AND l.id <= ?) \
+                     AND k.deleted = 0 ORDER BY k.name LIMIT ?",
+                    range("k.name", b)
                 )
             }),
             count: both(&|b| {
@@ -140,8 +144,10 @@ mod tests {
     fn placeholders_are_rewritten_per_dialect() {
         let q = Queries::new(&Dollar);
         assert_eq!(q.delete_row, "DELETE FROM kv_log WHERE id = $1");
-        assert!(q.list[1].contains("name >= $1 AND name < $2 AND name > $3 AND id <= $4"));
+        assert!(q.list[1].contains("k.name >= $1 AND k.name < $2 AND k.name > $3"));
+        assert!(q.list[1].contains("l.id <= $4"));
         assert!(q.list[1].ends_with("LIMIT $5"));
-        assert!(q.list[0].contains("name >= $1 AND name > $2 AND id <= $3"));
+        assert!(q.list[0].contains("k.name >= $1 AND k.name > $2"));
+        assert!(q.list[0].contains("l.id <= $3"));
     }
 }
