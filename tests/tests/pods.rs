@@ -94,6 +94,9 @@ fn pods_run_complete_crash_and_log() -> anyhow::Result<()> {
         logs.contains("has-token") && logs.lines().any(|l| l == "default"),
         "service-account volume: {logs}"
     );
+    // Following the log of a finished container prints it and ends.
+    let followed = c.ok(&["logs", "-f", "once", "--request-timeout=20s"])?;
+    assert_eq!(followed, logs);
     let table = c.ok(&["get", "pod", "once"])?;
     assert!(table.contains("Completed"), "{table}");
 

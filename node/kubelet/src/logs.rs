@@ -132,6 +132,15 @@ impl PodLogs for Pods {
             let follow = opts.follow && !opts.previous;
             let opts = opts.clone();
             let offset = text.len() as u64;
+            // `<attempt>.log` belongs to container `<uid>_<name>_<attempt>`.
+            let attempt = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("0")
+                .to_string();
+            let id = format!("{uid}_{}_{attempt}", opts.container);
+            let runtime = self.runtime().clone();
+            let running = move || runtime.status(&id).map(|s| s.is_running()).unwrap_or(false);
             tokio::spawn(async move {
                 if !first.is_empty() && tx.send(first).await.is_err() {
                     return;
@@ -139,16 +148,22 @@ impl PodLogs for Pods {
                 if !follow {
                     return;
                 }
-                follow_file(file, offset, opts, tx).await;
+                follow_file(file, offset, opts, tx, running).await;
             });
             Ok(rx)
         })
     }
 }
 
-/// Tails a log file from `offset` until the receiver goes away or the file stops growing after
-/// a newer attempt's file appears (the container restarted) — then ends, like kubectl expects.
-async fn follow_file(file: PathBuf, mut offset: u64, opts: LogOptions, tx: mpsc::Sender<Vec<u8>>) {
+/// Tails a log file from `offset` until the receiver goes away, or the container has stopped
+/// (or restarted into a newer attempt) and its file stopped growing — then ends, as kubectl expects.
+async fn follow_file(
+    file: PathBuf,
+    mut offset: u64,
+    opts: LogOptions,
+    tx: mpsc::Sender<Vec<u8>>,
+    running: impl Fn() -> bool,
+) {
     let mut pending = String::new();
     loop {
         tokio::select! {
@@ -173,11 +188,18 @@ async fn follow_file(file: PathBuf, mut offset: u64, opts: LogOptions, tx: mpsc:
                     }
                 }
             }
-        } else if file
-            .parent()
-            .and_then(|d| pick_file(d, false))
-            .is_some_and(|newest| newest != file)
+        } else if !running()
+            || file
+                .parent()
+                .and_then(|d| pick_file(d, false))
+                .is_some_and(|newest| newest != file)
         {
+            // Output written just before the exit may still be pending: flush it, then end.
+            let lines: Vec<&str> = pending.lines().collect();
+            let out = render(&lines, &opts, None);
+            if !out.is_empty() {
+                let _ = tx.send(out).await;
+            }
             return;
         }
     }
