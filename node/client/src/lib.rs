@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod informer;
 
 use serde_json::Value;
 use std::future::Future;

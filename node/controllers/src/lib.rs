@@ -11,7 +11,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub use k3rs_client::events;
-pub mod informer;
+pub use k3rs_client::informer;
 pub mod job;
 pub mod replicaset;
 pub mod selector;

@@ -1,6 +1,6 @@
 //! A watch-fed cache of one resource type (a shared informer) and a de-duplicating work queue.
 
-use k3rs_client::{Client, ListParams, Resource, WatchEvent};
+use crate::{Client, ListParams, Resource, WatchEvent};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -130,7 +130,7 @@ impl Informer {
         });
     }
 
-    async fn list_watch(&self, client: &Arc<dyn Client>) -> Result<(), k3rs_client::ClientError> {
+    async fn list_watch(&self, client: &Arc<dyn Client>) -> Result<(), crate::ClientError> {
         let list = client
             .list(&self.resource, None, &ListParams::default())
             .await?;
