@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod informer;
+pub mod labels;
 
 use serde_json::Value;
 use std::future::Future;
