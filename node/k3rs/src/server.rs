@@ -70,6 +70,9 @@ pub struct ServerArgs {
     /// Do not run a local agent (kubelet) in the server.
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not enforce NetworkPolicies (K3s's embedded kube-router policy controller).
+    #[arg(long)]
+    pub disable_network_policy: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -261,6 +264,17 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 Some(k3rs_kubelet::exec::pod_exec(kubelet.pods.clone()));
             *server.api.pod_logs.write().expect("pod logs lock") =
                 Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
+            if !args.disable_network_policy {
+                tokio::spawn(k3rs_netpol::run(
+                    Arc::new(k3rs_apiserver::local_client::LocalClient::new(
+                        server.api.clone(),
+                    )),
+                    k3rs_netpol::Config {
+                        node_name: node_name.clone(),
+                        min_sync_period: std::time::Duration::from_millis(100),
+                    },
+                ));
+            }
         } else {
             warn!("not running as root: the in-process agent (kubelet) is disabled; pods will stay Pending");
         }
