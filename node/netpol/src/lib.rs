@@ -60,6 +60,7 @@ pub async fn run(client: Arc<dyn Client>, cfg: Config) {
     }
     info!(node = %cfg.node_name, "network policy enforcement started");
     let mut applied: Option<String> = None;
+    let mut backoff = cfg.min_sync_period;
     loop {
         let ruleset = render::render(&render::Inputs {
             policies: &policies.list(None),
@@ -70,13 +71,20 @@ pub async fn run(client: Arc<dyn Client>, cfg: Config) {
         if applied.as_deref() != Some(ruleset.as_str()) {
             let span = info_span!("netpol_sync", bytes = ruleset.len());
             match nft::replace_table(TABLE, &ruleset).instrument(span).await {
-                Ok(()) => applied = Some(ruleset),
-                Err(e) => warn!(error = %e, "applying network policies failed; retrying"),
+                Ok(()) => {
+                    applied = Some(ruleset);
+                    backoff = cfg.min_sync_period;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "applying network policies failed");
+                    applied = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
             }
         }
-        if applied.is_some() {
-            dirty.notified().await;
-        }
+        dirty.notified().await;
         tokio::time::sleep(cfg.min_sync_period).await;
     }
 }
