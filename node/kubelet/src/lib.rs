@@ -7,6 +7,7 @@ pub mod exec;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod probes;
 pub mod volumes;
 
 use k3rs_client::Client;

@@ -4,6 +4,7 @@
 //! containers within the grace period and removes everything it had on the node.
 
 use crate::container_spec::{self, command_line, field_ref, limits, user_ids};
+use crate::probes::{PodProbes, Prober};
 use crate::volumes::{self, VolumeContext};
 use k3rs_client::{Client, DeleteParams, ListParams, Patch, Resource, WatchEvent};
 use k3rs_images::{ImageStore, PullOptions};
@@ -62,6 +63,8 @@ pub struct Pods {
     cfg: PodsConfig,
     /// Deduplicates image pulls across workers.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Probes and lifecycle hooks (`probes.rs`).
+    prober: Prober,
 }
 
 enum Msg {
@@ -84,6 +87,7 @@ struct ContainerMemo {
 struct Worker {
     memo: HashMap<String, ContainerMemo>,
     last_status: Value,
+    probes: PodProbes,
 }
 
 fn pod_key(pod: &Value) -> (String, String, String) {
@@ -110,12 +114,18 @@ impl Pods {
         images: ImageStore,
         cfg: PodsConfig,
     ) -> Arc<Pods> {
+        let prober = Prober::new(
+            runtime.clone(),
+            k3rs_client::events::Recorder::new(client.clone(), "kubelet"),
+            cfg.host_ip.clone(),
+        );
         Arc::new(Pods {
             client,
             runtime,
             images,
             cfg,
             pulling: Mutex::new(HashMap::new()),
+            prober,
         })
     }
 
@@ -224,6 +234,7 @@ impl Pods {
         let mut w = Worker {
             memo: HashMap::new(),
             last_status: pod["status"].clone(),
+            probes: PodProbes::default(),
         };
         self.adopt(&pod, &mut w).await;
         loop {
@@ -241,6 +252,8 @@ impl Pods {
                     }
                 },
                 _ = tokio::time::sleep(POLL) => {}
+                // A probe result changed: post it now, not at the next poll.
+                _ = w.probes.changed() => {}
             }
         }
     }
@@ -309,8 +322,11 @@ impl Pods {
             .and_then(Value::as_str)
             .unwrap_or("");
         if phase == "Succeeded" || phase == "Failed" {
+            w.probes.stop_all();
             return Ok(false);
         }
+        // Liveness/startup failures: kill now; the loops below restart per restartPolicy.
+        self.prober.kill_unhealthy(&mut w.probes, pod).await;
         let host_network = pod.pointer("/spec/hostNetwork") == Some(&json!(true));
         let hostname = pod
             .pointer("/spec/hostname")
@@ -406,6 +422,16 @@ impl Pods {
                 }
             }
         }
+        let running = states
+            .iter()
+            .filter_map(|(n, (s, a))| match s {
+                ContainerState::Running { started_at, .. } => {
+                    Some((n.clone(), (container_id(&uid, n, *a), *started_at)))
+                }
+                _ => None,
+            })
+            .collect();
+        self.prober.update(&mut w.probes, pod, &running);
         self.post_status(pod, w, &states).await?;
         Ok(false)
     }
@@ -733,6 +759,10 @@ impl Pods {
         match result {
             Ok(state) => {
                 info!(container = %cname, attempt, "container started");
+                // The container is not Running until its postStart hook returned.
+                if let Err(m) = self.prober.post_start(pod, c, &id).await {
+                    return Err(("PostStartHookError".into(), m));
+                }
                 Ok((state, image_id))
             }
             Err(e) => {
@@ -912,8 +942,9 @@ impl Pods {
             match state.map(|(s, _)| s) {
                 Some(ContainerState::Running { started_at, .. }) => {
                     s["state"] = json!({"running": {"startedAt": rfc3339(*started_at)}});
-                    s["ready"] = json!(true);
-                    s["started"] = json!(true);
+                    let (started, ready) = w.probes.status(c, &id);
+                    s["ready"] = json!(ready);
+                    s["started"] = json!(started);
                     s["containerID"] = json!(format!("k3rs://{id}"));
                 }
                 Some(ContainerState::Exited {
@@ -1141,6 +1172,8 @@ impl Pods {
     /// Stops every container of the pod within `grace`, then removes them, the sandbox and volumes.
     async fn teardown(&self, pod: &Value, grace: Duration) {
         let (_, _, uid) = pod_key(pod);
+        // preStop hooks run first, within the grace period; the stop signal gets what is left.
+        let grace = self.prober.pre_stop_pod(pod, grace).await;
         let images = self.images.clone();
         let root = self.cfg.root.clone();
         let uid2 = uid.clone();
