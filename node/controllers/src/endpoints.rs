@@ -147,6 +147,13 @@ impl EndpointsController {
             let ready = selector::is_ready(p) && !selector::is_deleting(p);
             let target = json!({"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]});
             let mut addr = json!({"ip": p["status"]["podIP"], "targetRef": target});
+            // A pod with hostname and subdomain = this service gets a DNS name under it (as upstream).
+            let hostname = p["spec"]["hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty() && p["spec"]["subdomain"].as_str() == Some(name));
+            if let Some(h) = hostname {
+                addr["hostname"] = json!(h);
+            }
             if let Some(n) = p["spec"]["nodeName"].as_str() {
                 addr["nodeName"] = json!(n);
             }
@@ -163,6 +170,9 @@ impl EndpointsController {
                 "targetRef": target});
             if let Some(n) = p["spec"]["nodeName"].as_str() {
                 ep["nodeName"] = json!(n);
+            }
+            if let Some(h) = hostname {
+                ep["hostname"] = json!(h);
             }
             slice_eps.push(ep);
             slice_ports.get_or_insert(ports);

@@ -1,0 +1,80 @@
+//! The dummy interface that holds the cluster DNS IP on the node (as NodeLocal DNSCache does):
+//! pods reach it through their default route to the node, with no NAT in between.
+
+use crate::Error;
+use futures_util::TryStreamExt;
+use rtnetlink::LinkDummy;
+use std::net::IpAddr;
+use tracing::info;
+
+/// Default interface name.
+pub const INTERFACE: &str = "k3rs-dns";
+
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
+    let mut links = handle.link().get().match_name(name).execute();
+    links
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.header.index)
+}
+
+/// Creates `name` (type dummy) if missing, puts `ip` on it (/32 or /128) and sets it up.
+/// Idempotent: a restarted node finds the interface as it left it.
+pub async fn ensure_interface(name: &str, ip: IpAddr) -> Result<(), Error> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        let index = match link_index(&handle, name).await {
+            Some(i) => i,
+            None => {
+                handle
+                    .link()
+                    .add(LinkDummy::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(|e| Error::Netlink("creating the dummy interface", e))?;
+                link_index(&handle, name)
+                    .await
+                    .ok_or(Error::InterfaceMissing(name.to_string()))?
+            }
+        };
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        handle
+            .address()
+            .add(index, ip, prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::Netlink("adding the DNS address", e))?;
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::Netlink("setting the interface up", e))?;
+        info!(interface = name, %ip, "cluster DNS address ready");
+        Ok(())
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+/// Removes the interface (tests; a node keeps it across restarts).
+pub async fn remove_interface(name: &str) -> Result<(), Error> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
+    let conn = tokio::spawn(conn);
+    let result = match link_index(&handle, name).await {
+        Some(index) => handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| Error::Netlink("deleting the interface", e)),
+        None => Ok(()),
+    };
+    conn.abort();
+    result
+}
