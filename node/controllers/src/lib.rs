@@ -13,6 +13,7 @@ pub mod endpoints;
 pub use k3rs_client::events;
 pub use k3rs_client::informer;
 pub mod job;
+pub mod nodeipam;
 pub mod replicaset;
 pub mod selector;
 
@@ -28,12 +29,19 @@ pub struct ControllersConfig {
     /// server needs no election, and lease renewals would write to disk every few seconds.
     /// (Not implemented yet: setting it only logs a warning.)
     pub leader_election: bool,
+    /// `--cluster-cidr`: the node IPAM controller hands each Node a subnet of it (None: K3s's
+    /// 10.42.0.0/16).
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's podCIDR (None: 24).
+    pub node_cidr_mask_size: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Api(&'static str, #[source] ClientError),
+    #[error("{0}")]
+    Config(&'static str),
 }
 
 /// What every controller shares: the client, the caches and the event recorder.
@@ -84,6 +92,21 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
         tracing::warn!(
             "leader election is not implemented yet; running as the only controller manager"
         );
+    }
+    match nodeipam::NodeIpamController::new(
+        client.clone(),
+        config
+            .cluster_cidr
+            .as_deref()
+            .unwrap_or(nodeipam::DEFAULT_CLUSTER_CIDR),
+        config
+            .node_cidr_mask_size
+            .unwrap_or(nodeipam::DEFAULT_NODE_MASK),
+    ) {
+        Ok(c) => {
+            tokio::spawn(c.run());
+        }
+        Err(e) => tracing::error!(error = %e, "node IPAM controller not started"),
     }
     let ctx = Ctx::new(client.clone());
     let rs = replicaset::ReplicaSetController::new(ctx.clone());
