@@ -1,0 +1,361 @@
+//! Container probes and lifecycle hooks on the in-process kubelet, driven through real kubectl.
+//! Needs root, as the node does.
+
+use k3rs_e2e::{eventually, Cluster};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn pod_yaml(name: &str, node: &str, body: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n{body}"
+    )
+}
+
+fn condition(c: &Cluster, pod: &str, kind: &str) -> String {
+    c.ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].status}}"),
+    ])
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+/// Waits until the pod's condition has `want`; returns how long it took.
+fn wait_condition(c: &Cluster, pod: &str, kind: &str, want: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    let got = eventually(timeout, || (condition(c, pod, kind) == want).then_some(()));
+    assert!(
+        got.is_some(),
+        "{pod}: {kind} never became {want}: {}",
+        c.ok(&["get", "pod", pod, "-o", "yaml"]).unwrap_or_default()
+    );
+    t0.elapsed()
+}
+
+fn started_node() -> anyhow::Result<(Cluster, String)> {
+    let c = Cluster::start_node()?;
+    let node = c.node_name()?;
+    Ok((c, node))
+}
+
+fn events_for(c: &Cluster, pod: &str) -> Vec<Value> {
+    c.json(&["get", "events"])
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == pod)
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn readiness_probes_flip_ready_both_ways() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    let (c, node) = started_node()?;
+    // An exec readiness probe toggled by a file, behind a startup probe.
+    let body = r#"  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sh", "-c", "touch /tmp/started; exec sleep 3600"]
+    startupProbe:
+      exec: {command: ["cat", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/ready"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#;
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        &pod_yaml("toggle", &node, body),
+    )?;
+    let running = eventually(Duration::from_secs(30), || {
+        let p = c.json(&["get", "pod", "toggle"]).ok()?;
+        (p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"][0]["started"] == true)
+            .then_some(p)
+    });
+    let pod = running.expect("toggle never started");
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], false);
+    assert_eq!(condition(&c, "toggle", "Ready"), "False");
+    assert_eq!(condition(&c, "toggle", "ContainersReady"), "False");
+
+    c.ok(&["exec", "toggle", "--", "touch", "/tmp/ready"])?;
+    let up = wait_condition(&c, "toggle", "Ready", "True", Duration::from_secs(10));
+    assert_eq!(condition(&c, "toggle", "ContainersReady"), "True");
+    let pod = c.json(&["get", "pod", "toggle"])?;
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true);
+
+    // While the probe keeps succeeding nothing is written.
+    let rv = pod["metadata"]["resourceVersion"].clone();
+    std::thread::sleep(Duration::from_secs(3));
+    let again = c.json(&["get", "pod", "toggle"])?;
+    assert_eq!(
+        again["metadata"]["resourceVersion"], rv,
+        "an idle probe wrote to the API"
+    );
+
+    c.ok(&["exec", "toggle", "--", "busybox", "rm", "/tmp/ready"])?;
+    let down = wait_condition(&c, "toggle", "Ready", "False", Duration::from_secs(10));
+    assert_eq!(condition(&c, "toggle", "ContainersReady"), "False");
+    eprintln!("exec readiness (period 1s): ready after {up:?}, unready after {down:?}");
+    assert!(
+        events_for(&c, "toggle")
+            .iter()
+            .any(|e| e["reason"] == "Unhealthy"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Readiness probe failed")),
+        "no Unhealthy event for the readiness probe"
+    );
+    let pod = c.json(&["get", "pod", "toggle"])?;
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "readiness never restarts"
+    );
+
+    // httpGet against busybox httpd in a hostNetwork pod, on a named port: 404 is unready, 200 ready.
+    let port = free_port();
+    let body = format!(
+        r#"  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo home > /www/index.html && exec busybox httpd -f -p 127.0.0.1:{port} -h /www"]
+    ports:
+    - {{name: web, containerPort: {port}}}
+    readinessProbe:
+      httpGet:
+        path: /ready.html
+        port: web
+        httpHeaders: [{{name: X-Probe, value: k3rs}}]
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    );
+    c.kubectl_stdin(None, &["apply", "-f", "-"], &pod_yaml("web", &node, &body))?;
+    let running = eventually(Duration::from_secs(30), || {
+        let p = c.json(&["get", "pod", "web"]).ok()?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    assert!(running.is_some(), "web never ran");
+    let unhealthy = eventually(Duration::from_secs(10), || {
+        events_for(&c, "web")
+            .into_iter()
+            .find(|e| e["reason"] == "Unhealthy")
+    })
+    .expect("no Unhealthy event while /ready.html is missing");
+    assert!(
+        unhealthy["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("statuscode: 404"),
+        "{unhealthy}"
+    );
+    assert_eq!(condition(&c, "web", "Ready"), "False");
+    c.ok(&["exec", "web", "--", "sh", "-c", "echo ok > /www/ready.html"])?;
+    let up = wait_condition(&c, "web", "Ready", "True", Duration::from_secs(10));
+    eprintln!("httpGet readiness (period 1s): ready after {up:?}");
+    c.ok(&["exec", "web", "--", "busybox", "rm", "/www/ready.html"])?;
+    wait_condition(&c, "web", "Ready", "False", Duration::from_secs(10));
+    Ok(())
+}
+
+#[test]
+fn failing_liveness_probe_restarts_the_container() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    let (c, node) = started_node()?;
+    // PID 1 ignores SIGTERM here: the probe's own grace period (1s) bounds the kill.
+    let body = r#"  terminationGracePeriodSeconds: 60
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/alive"]}
+      periodSeconds: 1
+      failureThreshold: 2
+      terminationGracePeriodSeconds: 1
+"#;
+    c.kubectl_stdin(None, &["apply", "-f", "-"], &pod_yaml("live", &node, body))?;
+    let t0 = Instant::now();
+    let restarted = eventually(Duration::from_secs(40), || {
+        let p = c.json(&["get", "pod", "live"]).ok()?;
+        (p["status"]["containerStatuses"][0]["restartCount"].as_u64()? >= 1).then_some(p)
+    });
+    let pod = restarted.unwrap_or_else(|| {
+        panic!(
+            "never restarted: {}",
+            c.ok(&["get", "pod", "live", "-o", "yaml"])
+                .unwrap_or_default()
+        )
+    });
+    eprintln!(
+        "liveness (period 1s, threshold 2): first restart seen {:?} after create",
+        t0.elapsed()
+    );
+    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert!(
+        last["exitCode"] == 137 || last["exitCode"] == 143,
+        "killed by a signal: {last}"
+    );
+    let events = events_for(&c, "live");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Unhealthy"
+            && e["type"] == "Warning"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Liveness probe failed")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["reason"] == "Killing"
+            && e["message"] == "Container app failed liveness probe, will be restarted"),
+        "{events:?}"
+    );
+    let described = c.ok(&["describe", "pod", "live"])?;
+    assert!(described.contains("Liveness probe failed"), "{described}");
+
+    // A passing liveness probe leaves the new container alone.
+    c.ok(&["exec", "live", "--", "touch", "/tmp/alive"]).ok();
+    Ok(())
+}
+
+#[test]
+fn post_start_and_pre_stop_hooks() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    let (c, node) = started_node()?;
+    let host = c.dir.path().join("hooks");
+    std::fs::create_dir_all(&host)?;
+    // postStart writes a file the main process waits for; preStop appends to a host file before
+    // the SIGTERM handler does, so the file shows the order.
+    let body = format!(
+        r#"  terminationGracePeriodSeconds: 10
+  volumes:
+  - name: host
+    hostPath: {{path: {host}, type: Directory}}
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    volumeMounts: [{{name: host, mountPath: /host}}]
+    command: ["sh", "-c", "trap 'echo term >> /host/order; exit 0' TERM; until [ -f /tmp/poststart ]; do sleep 0.1; done; echo saw $(cat /tmp/poststart); while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {{command: ["sh", "-c", "echo hooked > /tmp/poststart"]}}
+      preStop:
+        exec: {{command: ["sh", "-c", "sleep 1; echo prestop >> /host/order"]}}
+"#,
+        host = host.display()
+    );
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        &pod_yaml("hooks", &node, &body),
+    )?;
+    let saw = eventually(Duration::from_secs(30), || {
+        let l = c.ok(&["logs", "hooks"]).ok()?;
+        l.contains("saw hooked").then_some(l)
+    });
+    assert!(
+        saw.is_some(),
+        "main container never saw the postStart file: {}",
+        c.ok(&["get", "pod", "hooks", "-o", "yaml"])
+            .unwrap_or_default()
+    );
+    let t0 = Instant::now();
+    c.ok(&["delete", "pod", "hooks", "--timeout=60s"])?;
+    let took = t0.elapsed();
+    let order = std::fs::read_to_string(host.join("order")).unwrap_or_default();
+    assert_eq!(
+        order, "prestop\nterm\n",
+        "preStop runs before the stop signal"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "delete took {took:?}"
+    );
+    eprintln!("delete with a 1s preStop hook took {took:?}");
+
+    // A failing postStart hook kills the container: FailedPostStartHook, then a restart.
+    let body = r#"  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    lifecycle:
+      postStart:
+        exec: {command: ["sh", "-c", "echo nope; exit 3"]}
+"#;
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        &pod_yaml("badhook", &node, body),
+    )?;
+    let failed = eventually(Duration::from_secs(30), || {
+        events_for(&c, "badhook")
+            .into_iter()
+            .find(|e| e["reason"] == "FailedPostStartHook")
+    })
+    .expect("no FailedPostStartHook event");
+    assert!(
+        failed["message"].as_str().unwrap_or("").contains("nope"),
+        "{failed}"
+    );
+    let restarted = eventually(Duration::from_secs(30), || {
+        let p = c.json(&["get", "pod", "badhook"]).ok()?;
+        (p["status"]["containerStatuses"][0]["restartCount"].as_u64()? >= 1).then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "{}",
+        c.ok(&["get", "pod", "badhook", "-o", "yaml"])?
+    );
+    let pod = c.json(&["get", "pod", "badhook"])?;
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["running"],
+        Value::Null,
+        "a container whose postStart failed is never reported running: {pod}"
+    );
+    Ok(())
+}
