@@ -502,6 +502,13 @@ struct Target {
 }
 
 impl Target {
+    async fn running(&self) -> bool {
+        let (rt, id) = (self.runtime.clone(), self.id.clone());
+        tokio::task::spawn_blocking(move || rt.status(&id).is_ok_and(|s| s.is_running()))
+            .await
+            .unwrap_or(false)
+    }
+
     fn host(&self, host: &Option<String>) -> Result<String, String> {
         if let Some(h) = host {
             return Ok(h.clone());
@@ -857,6 +864,11 @@ async fn probe_loop(
         };
         let outcome = run_handler(&spec.handler, &target, spec.timeout).await;
         debug!(probe = kind.name(), ok = outcome.is_ok(), "probed");
+        if outcome.is_err() && !target.running().await {
+            // The container ended (or is being stopped): not a probe failure. The worker
+            // sees the exit and probes the next attempt afresh.
+            return;
+        }
         if let Err(e) = &outcome {
             recorder
                 .warning(
@@ -1511,6 +1523,86 @@ mod tests {
         );
         assert_eq!(grpc::response_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
         assert_eq!(grpc::response_status(&[0, 0, 0, 0, 0]), Some(0));
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_verification() {
+        use tokio::net::TcpListener;
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = tls.read(&mut buf).await.unwrap();
+            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            tls.shutdown().await.ok();
+        });
+        assert_eq!(
+            http_get(true, "127.0.0.1", port, "/", &[], 5 * S).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_health_checks() {
+        use http_body_util::{BodyExt, Full};
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        // The whole server is SERVING; any named service is NOT_SERVING (2).
+                        let status = if body.len() == 5 { 1 } else { 2 };
+                        let frame = bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let body =
+                            Full::new(frame).with_trailers(async move { Some(Ok(trailers)) });
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        assert_eq!(grpc::check("127.0.0.1", port, "", S).await, Ok(()));
+        let err = grpc::check("127.0.0.1", port, "db", S).await.unwrap_err();
+        assert!(err.contains("NOT_SERVING"), "{err}");
+        let closed = free_port_for_test();
+        assert!(grpc::check("127.0.0.1", closed, "", S).await.is_err());
+    }
+
+    fn free_port_for_test() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
     }
 
     #[tokio::test]
