@@ -88,6 +88,9 @@ pub enum Handler {
     },
     /// `lifecycle.*.sleep` (hooks only).
     Sleep(Duration),
+    /// A probe that cannot run as written (e.g. an unknown named port): it fails every time
+    /// with this message, as upstream's does.
+    Invalid(String),
 }
 
 /// A port as probes name it: a number, or the name of one of the container's ports.
@@ -196,7 +199,8 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
-    pub fn parse(kind: Kind, v: &Value, container: &Value) -> Result<ProbeSpec, SpecError> {
+    /// A probe; one whose handler cannot be resolved is kept as [`Handler::Invalid`].
+    pub fn parse(kind: Kind, v: &Value, container: &Value) -> ProbeSpec {
         let secs = |k: &str, default: u64, min: u64| {
             Duration::from_secs(v[k].as_u64().unwrap_or(default).max(min))
         };
@@ -207,8 +211,9 @@ impl ProbeSpec {
             // Validation demands 1 for liveness and startup probes.
             success_threshold = 1;
         }
-        Ok(ProbeSpec {
-            handler: Handler::parse(v, container)?,
+        ProbeSpec {
+            handler: Handler::parse(v, container)
+                .unwrap_or_else(|e| Handler::Invalid(e.to_string())),
             initial_delay: secs("initialDelaySeconds", 0, 0),
             period: secs("periodSeconds", 10, 1),
             timeout: secs("timeoutSeconds", 1, 1),
@@ -217,7 +222,7 @@ impl ProbeSpec {
             termination_grace: v["terminationGracePeriodSeconds"]
                 .as_u64()
                 .map(Duration::from_secs),
-        })
+        }
     }
 }
 
@@ -234,9 +239,7 @@ impl ContainerProbes {
     pub fn of(container: &Value) -> ContainerProbes {
         let parse = |kind: Kind| {
             let v = container.get(kind.field()).filter(|v| v.is_object())?;
-            ProbeSpec::parse(kind, v, container)
-                .map_err(|e| warn!(container = %container["name"], probe = kind.name(), error = %e, "ignoring probe"))
-                .ok()
+            Some(ProbeSpec::parse(kind, v, container))
         };
         ContainerProbes {
             startup: parse(Kind::Startup),
@@ -928,6 +931,7 @@ async fn run_handler(handler: &Handler, target: &Target, timeout: Duration) -> R
             let host = target.host(&None)?;
             crate::probes::grpc::check(&host, *port, service, timeout).await
         }
+        Handler::Invalid(e) => Err(e.clone()),
         Handler::Sleep(d) => {
             tokio::time::sleep((*d).min(timeout)).await;
             Ok(())
@@ -1306,7 +1310,7 @@ mod tests {
     use super::*;
 
     fn spec(v: Value) -> ProbeSpec {
-        ProbeSpec::parse(Kind::Readiness, &v, &json!({})).unwrap()
+        ProbeSpec::parse(Kind::Readiness, &v, &json!({}))
     }
 
     fn probes(
@@ -1316,9 +1320,9 @@ mod tests {
     ) -> ContainerProbes {
         let c = json!({"ports": [{"name": "http", "containerPort": 8080}]});
         ContainerProbes {
-            startup: startup.map(|v| ProbeSpec::parse(Kind::Startup, &v, &c).unwrap()),
-            liveness: liveness.map(|v| ProbeSpec::parse(Kind::Liveness, &v, &c).unwrap()),
-            readiness: readiness.map(|v| ProbeSpec::parse(Kind::Readiness, &v, &c).unwrap()),
+            startup: startup.map(|v| ProbeSpec::parse(Kind::Startup, &v, &c)),
+            liveness: liveness.map(|v| ProbeSpec::parse(Kind::Liveness, &v, &c)),
+            readiness: readiness.map(|v| ProbeSpec::parse(Kind::Readiness, &v, &c)),
         }
     }
 
@@ -1331,8 +1335,7 @@ mod tests {
             Kind::Liveness,
             &json!({"httpGet": {"path": "healthz", "port": "web", "scheme": "HTTPS", "httpHeaders": [{"name": "X-A", "value": "b"}]}, "successThreshold": 5}),
             &c,
-        )
-        .unwrap();
+        );
         assert_eq!(
             p.handler,
             Handler::Http {
@@ -1364,6 +1367,14 @@ mod tests {
             Err(SpecError::UnknownPort("nope".into()))
         );
         assert_eq!(Handler::parse(&json!({}), &c), Err(SpecError::NoHandler));
+        // A probe on an unknown port stays, and fails with the reason.
+        let bad = ContainerProbes::of(&json!({"readinessProbe": {"httpGet": {"port": "nope"}}}));
+        assert_eq!(
+            bad.readiness.map(|r| r.handler),
+            Some(Handler::Invalid(
+                SpecError::UnknownPort("nope".into()).to_string()
+            ))
+        );
         let r = spec(
             json!({"exec": {"command": ["true"]}, "successThreshold": 2, "periodSeconds": 0, "terminationGracePeriodSeconds": 7}),
         );
