@@ -431,8 +431,9 @@ impl Pods {
                 _ => None,
             })
             .collect();
-        self.prober.update(&mut w.probes, pod, &running);
         self.post_status(pod, w, &states).await?;
+        // After the post, so the probes see the pod IP it carries.
+        self.prober.update(&mut w.probes, pod, &w.last_status, &running);
         Ok(false)
     }
 

@@ -118,6 +118,15 @@ fn resolve_port(port: &Value, container: &Value) -> Result<u16, SpecError> {
 }
 
 impl Handler {
+    /// Whether it goes to the pod IP (no `host` of its own).
+    fn needs_pod_ip(&self) -> bool {
+        match self {
+            Handler::Http { host, .. } | Handler::Tcp { host, .. } => host.is_none(),
+            Handler::Grpc { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The handler of a probe or a lifecycle hook; named ports are resolved against `container`.
     pub fn parse(v: &Value, container: &Value) -> Result<Handler, SpecError> {
         let host = |h: &Value| {
@@ -573,8 +582,12 @@ impl Prober {
     }
 
     fn pod_ip(&self, pod: &Value) -> Option<String> {
-        pod.pointer("/status/podIP")
-            .and_then(Value::as_str)
+        self.pod_ip_in(pod, &pod["status"])
+    }
+
+    fn pod_ip_in(&self, pod: &Value, status: &Value) -> Option<String> {
+        status["podIP"]
+            .as_str()
             .filter(|s| !s.is_empty())
             .map(String::from)
             .or_else(|| {
@@ -584,14 +597,17 @@ impl Prober {
     }
 
     /// Starts probing containers that started running and stops probing those that ended.
+    /// `status` is the pod status last posted (its `podIP` is where probes go);
     /// `running` maps container name → (container id, started at).
     pub fn update(
         &self,
         probes: &mut PodProbes,
         pod: &Value,
+        status: &Value,
         running: &HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
     ) {
-        *probes.pod_ip.lock().expect("pod ip") = self.pod_ip(pod);
+        let ip = self.pod_ip_in(pod, status).or_else(|| self.pod_ip(pod));
+        *probes.pod_ip.lock().expect("pod ip") = ip;
         probes.running.retain(|name, p| {
             let keep = running.get(name).is_some_and(|(id, _)| *id == p.id);
             if !keep {
@@ -865,6 +881,11 @@ async fn probe_loop(
         let Some(spec) = specs.get(kind) else {
             return;
         };
+        if spec.handler.needs_pod_ip() && target.pod_ip.lock().expect("pod ip").is_none() {
+            // The network has not given the pod its address yet: not a failure, try again soon.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let outcome = run_handler(&spec.handler, &target, spec.timeout).await;
         debug!(probe = kind.name(), ok = outcome.is_ok(), "probed");
         if outcome.is_err() && !target.running().await {
