@@ -16,6 +16,7 @@ pub mod job;
 pub mod nodeipam;
 pub mod replicaset;
 pub mod selector;
+pub mod servicelb;
 
 use informer::Informer;
 use k3rs_client::{Client, ClientError, Resource};
@@ -34,6 +35,9 @@ pub struct ControllersConfig {
     pub cluster_cidr: Option<String>,
     /// Prefix length of each node's podCIDR (None: 24).
     pub node_cidr_mask_size: Option<u8>,
+    /// Run ServiceLB: LoadBalancer Services get the node IPs as ingress (K3s's default;
+    /// `--disable servicelb` turns it off and such Services stay pending).
+    pub servicelb: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,9 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
             tokio::spawn(c.run());
         }
         Err(e) => tracing::error!(error = %e, "node IPAM controller not started"),
+    }
+    if config.servicelb {
+        tokio::spawn(servicelb::ServiceLbController::new(client.clone()).run());
     }
     let ctx = Ctx::new(client.clone());
     let rs = replicaset::ReplicaSetController::new(ctx.clone());
