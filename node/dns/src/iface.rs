@@ -5,7 +5,7 @@ use crate::Error;
 use futures_util::TryStreamExt;
 use rtnetlink::LinkDummy;
 use std::net::IpAddr;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Default interface name.
 pub const INTERFACE: &str = "k3rs-dns";
@@ -20,25 +20,32 @@ async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
         .map(|l| l.header.index)
 }
 
-/// Creates `name` (type dummy) if missing, puts `ip` on it (/32 or /128) and sets it up.
-/// Idempotent: a restarted node finds the interface as it left it.
+/// Creates `name` (type dummy) if missing, puts `ip` on it (/32 or /128) and sets it up; on a
+/// kernel without the dummy driver the address goes on `lo` instead. Idempotent: a restarted
+/// node finds the interface as it left it.
 pub async fn ensure_interface(name: &str, ip: IpAddr) -> Result<(), Error> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
     let conn = tokio::spawn(conn);
     let result = async {
-        let index = match link_index(&handle, name).await {
-            Some(i) => i,
-            None => {
-                handle
-                    .link()
-                    .add(LinkDummy::new(name).build())
-                    .execute()
-                    .await
-                    .map_err(|e| Error::Netlink("creating the dummy interface", e))?;
-                link_index(&handle, name)
-                    .await
-                    .ok_or(Error::InterfaceMissing(name.to_string()))?
-            }
+        let (index, on) = match link_index(&handle, name).await {
+            Some(i) => (i, name),
+            None => match handle.link().add(LinkDummy::new(name).build()).execute().await {
+                Ok(()) => (
+                    link_index(&handle, name)
+                        .await
+                        .ok_or(Error::InterfaceMissing(name.to_string()))?,
+                    name,
+                ),
+                // Kernels built without the dummy driver (EOPNOTSUPP): any local interface
+                // works for local delivery, and lo is always there.
+                Err(e) => {
+                    warn!(interface = name, error = %e, "cannot create a dummy interface; putting the DNS address on lo");
+                    let lo = link_index(&handle, "lo")
+                        .await
+                        .ok_or(Error::Netlink("creating the dummy interface", e))?;
+                    (lo, "lo")
+                }
+            },
         };
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         handle
@@ -54,7 +61,7 @@ pub async fn ensure_interface(name: &str, ip: IpAddr) -> Result<(), Error> {
             .execute()
             .await
             .map_err(|e| Error::Netlink("setting the interface up", e))?;
-        info!(interface = name, %ip, "cluster DNS address ready");
+        info!(interface = on, %ip, "cluster DNS address ready");
         Ok(())
     }
     .await;
