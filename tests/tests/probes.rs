@@ -152,7 +152,7 @@ fn readiness_probes_flip_ready_both_ways() -> anyhow::Result<()> {
   - name: web
     image: busybox:test
     imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /www && echo home > /www/index.html && exec busybox httpd -f -p 127.0.0.1:{port} -h /www"]
+    command: ["sh", "-c", "mkdir -p /www && echo home > /www/index.html && exec busybox httpd -f -p {port} -h /www"]
     ports:
     - {{name: web, containerPort: {port}}}
     readinessProbe:
@@ -170,18 +170,20 @@ fn readiness_probes_flip_ready_both_ways() -> anyhow::Result<()> {
         (p["status"]["phase"] == "Running").then_some(())
     });
     assert!(running.is_some(), "web never ran");
+    // The probe goes to the pod IP (the node's, for hostNetwork): 404 until the file exists.
     let unhealthy = eventually(Duration::from_secs(10), || {
-        events_for(&c, "web")
-            .into_iter()
-            .find(|e| e["reason"] == "Unhealthy")
-    })
-    .expect("no Unhealthy event while /ready.html is missing");
+        events_for(&c, "web").into_iter().find(|e| {
+            e["reason"] == "Unhealthy"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("statuscode: 404")
+        })
+    });
     assert!(
-        unhealthy["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("statuscode: 404"),
-        "{unhealthy}"
+        unhealthy.is_some(),
+        "no 404 Unhealthy event while /ready.html is missing: {:?}",
+        events_for(&c, "web")
     );
     assert_eq!(condition(&c, "web", "Ready"), "False");
     c.ok(&["exec", "web", "--", "sh", "-c", "echo ok > /www/ready.html"])?;
@@ -252,9 +254,53 @@ fn failing_liveness_probe_restarts_the_container() -> anyhow::Result<()> {
     let described = c.ok(&["describe", "pod", "live"])?;
     assert!(described.contains("Liveness probe failed"), "{described}");
 
-    // A passing liveness probe leaves the new container alone.
-    c.ok(&["exec", "live", "--", "touch", "/tmp/alive"]).ok();
+    // A sidecar's startup probe holds back the app containers until it passes (~2s here).
+    let body = r#"  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: side
+    image: busybox:test
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 2; touch /tmp/up; exec sleep 3600"]
+    startupProbe:
+      exec: {command: ["cat", "/tmp/up"]}
+      periodSeconds: 1
+      failureThreshold: 30
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+"#;
+    c.kubectl_stdin(None, &["apply", "-f", "-"], &pod_yaml("gated", &node, body))?;
+    let pod = eventually(Duration::from_secs(40), || {
+        let p = c.json(&["get", "pod", "gated"]).ok()?;
+        (p["status"]["containerStatuses"][0]["state"]["running"] != Value::Null).then_some(p)
+    })
+    .expect("app never ran");
+    let side = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(side["started"], true, "{side}");
+    let at = |v: &Value| {
+        chrono_secs(
+            v["state"]["running"]["startedAt"]
+                .as_str()
+                .unwrap_or_default(),
+        )
+    };
+    let gap = (at(&pod["status"]["containerStatuses"][0]) - at(side)).rem_euclid(86_400);
+    assert!(
+        gap >= 2,
+        "app started {gap}s after the sidecar, before its startup probe passed"
+    );
     Ok(())
+}
+
+/// Seconds of an RFC 3339 `...THH:MM:SSZ` timestamp within its day (tests run within one).
+fn chrono_secs(t: &str) -> i64 {
+    let hms = t.split('T').nth(1).unwrap_or("").trim_end_matches('Z');
+    hms.split(':')
+        .map(|x| x.parse::<i64>().unwrap_or(0))
+        .fold(0, |acc, x| acc * 60 + x)
 }
 
 #[test]

@@ -395,7 +395,10 @@ impl Pods {
                 .await;
             let done = match &st {
                 Some((ContainerState::Exited { code: 0, .. }, _)) => !sidecar,
-                Some((ContainerState::Running { .. }, _)) => sidecar,
+                // A sidecar lets the next init container start once its startup probe passed.
+                Some((ContainerState::Running { .. }, a)) => {
+                    sidecar && w.probes.status(c, &container_id(&uid, &cname, *a)).0
+                }
                 _ => false,
             };
             if let Some(s) = st {
