@@ -73,6 +73,9 @@ pub struct ServerArgs {
     /// Do not enforce NetworkPolicies (K3s's embedded kube-router policy controller).
     #[arg(long)]
     pub disable_network_policy: bool,
+    /// Do not run the Services data plane (kube-proxy's job: the `ip k3rs` nftables table).
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -204,7 +207,10 @@ async fn serve(args: ServerArgs) -> Result<()> {
     ));
     tokio::spawn(k3rs_controllers::run(
         local,
-        k3rs_controllers::ControllersConfig::default(),
+        k3rs_controllers::ControllersConfig {
+            servicelb: !args.disable.iter().any(|d| d == "servicelb"),
+            ..Default::default()
+        },
     ));
     let port = server
         .local_addr()
@@ -264,6 +270,34 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 Some(k3rs_kubelet::exec::pod_exec(kubelet.pods.clone()));
             *server.api.pod_logs.write().expect("pod logs lock") =
                 Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
+            // Services data plane (kube-proxy's job): the `ip k3rs` nftables table.
+            if !args.disable_kube_proxy {
+                let mut config = k3rs_proxy::ProxyConfig::new(
+                    &node_name,
+                    node_ips
+                        .iter()
+                        .filter_map(|ip| match ip {
+                            IpAddr::V4(v4) => Some(*v4),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect(),
+                );
+                config.cluster_cidr = args.cluster_cidr.parse().context("--cluster-cidr")?;
+                config.service_cidr = args.service_cidr.parse().context("--service-cidr")?;
+                // The embedded DNS answers on the cluster DNS IP itself.
+                config.local_service_ips = match args.cluster_dns {
+                    IpAddr::V4(ip) if !args.disable.iter().any(|d| d == "coredns") => vec![ip],
+                    _ => Vec::new(),
+                };
+                let mut proxy = k3rs_proxy::Proxy::start(
+                    Arc::new(k3rs_apiserver::local_client::LocalClient::new(
+                        server.api.clone(),
+                    )),
+                    config,
+                    k3rs_proxy::Nft::new(),
+                );
+                tokio::spawn(async move { proxy.wait().await });
+            }
             if !args.disable_network_policy {
                 tokio::spawn(k3rs_netpol::run(
                     Arc::new(k3rs_apiserver::local_client::LocalClient::new(
