@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// Cluster domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Kubelet resolv.conf file; its nameservers are the cluster DNS's upstreams (loopback
+    /// stubs are skipped; default /etc/resolv.conf, else systemd-resolved's real list).
+    #[arg(long, env = "K3RS_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
     /// Do not deploy packaged components (servicelb, traefik, local-storage, metrics-server, coredns).
     #[arg(long)]
     pub disable: Vec<String>,
@@ -116,8 +120,9 @@ fn parse_mode(s: &str) -> Result<u32> {
 }
 
 pub fn run(args: ServerArgs) -> Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // hickory-server logs every DNS query at info.
+        .unwrap_or_else(|_| "info,hickory_server=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -270,6 +275,32 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 Some(k3rs_kubelet::exec::pod_exec(kubelet.pods.clone()));
             *server.api.pod_logs.write().expect("pod logs lock") =
                 Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
+            // Cluster DNS (CoreDNS's job in K3s) on the cluster DNS IP; `--disable coredns` turns it off.
+            if !args.disable.iter().any(|d| d == "coredns") {
+                let client: Arc<dyn k3rs_client::Client> = Arc::new(
+                    k3rs_apiserver::local_client::LocalClient::new(server.api.clone()),
+                );
+                let (domain, dns_ip) = (args.cluster_domain.clone(), args.cluster_dns);
+                let upstreams =
+                    k3rs_dns::upstream::node_upstreams(args.resolv_conf.as_deref(), &[dns_ip])
+                        .context("reading the upstream nameservers")?;
+                tokio::spawn(async move {
+                    match k3rs_dns::run_on_node(client, &domain, dns_ip, upstreams).await {
+                        Ok(dns) => {
+                            if let Err(e) = dns.wait().await {
+                                warn!(
+                                    error = format!("{:#}", anyhow::Error::new(e)),
+                                    "cluster DNS stopped"
+                                );
+                            }
+                        }
+                        Err(e) => warn!(
+                            error = format!("{:#}", anyhow::Error::new(e)),
+                            "cluster DNS disabled"
+                        ),
+                    }
+                });
+            }
             // Services data plane (kube-proxy's job): the `ip k3rs` nftables table.
             if !args.disable_kube_proxy {
                 let mut config = k3rs_proxy::ProxyConfig::new(
