@@ -75,7 +75,7 @@ fn readiness_probes_flip_ready_both_ways() -> anyhow::Result<()> {
         eprintln!("skipping: the kubelet needs root");
         return Ok(());
     }
-    let (c, node) = started_node()?;
+    let (mut c, node) = started_node()?;
     // An exec readiness probe toggled by a file, behind a startup probe.
     let body = r#"  terminationGracePeriodSeconds: 1
   containers:
@@ -122,6 +122,42 @@ fn readiness_probes_flip_ready_both_ways() -> anyhow::Result<()> {
         again["metadata"]["resourceVersion"], rv,
         "an idle probe wrote to the API"
     );
+
+    // A restart of the node daemon adopts the container with its results: every version of the
+    // pod written from before the restart on (a watch from that revision) stays ready.
+    c.restart()?;
+    let mut watch = c
+        .kubectl_cmd(None)
+        .args([
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/default/pods?watch=1&fieldSelector=metadata.name%3Dtoggle&resourceVersion={}",
+                rv.as_str().unwrap_or("0")
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = watch.kill();
+    let out = watch.wait_with_output()?;
+    let versions: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .filter_map(Result::ok)
+        .collect();
+    for v in &versions {
+        assert_eq!(
+            v["object"]["status"]["containerStatuses"][0]["ready"], true,
+            "readiness flapped after a restart: {v}"
+        );
+    }
+    eprintln!(
+        "pod versions written across a daemon restart: {}",
+        versions.len()
+    );
+    let pod = c.json(&["get", "pod", "toggle"])?;
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
 
     c.ok(&["exec", "toggle", "--", "busybox", "rm", "/tmp/ready"])?;
     let down = wait_condition(&c, "toggle", "Ready", "False", Duration::from_secs(10));

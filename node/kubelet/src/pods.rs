@@ -434,9 +434,10 @@ impl Pods {
                 _ => None,
             })
             .collect();
-        self.post_status(pod, w, &states).await?;
-        // After the post, so the probes see the pod IP it carries.
+        // Before the post, so a container's first status already carries its probe results
+        // (an adopted container stays ready). The pod IP comes from the last posted status.
         self.prober.update(&mut w.probes, pod, &w.last_status, &running);
+        self.post_status(pod, w, &states).await?;
         Ok(false)
     }
 
