@@ -1,1 +1,200 @@
-fn main() {}
+//! `cargo bench -p k3rs-proxy` (root, nft): with 1,000 Services (2 endpoints each) it prints
+//! render time, `nft -f` apply time of the whole table, and Service update propagation: an
+//! EndpointSlice change written to the API → the first connection through the ClusterIP that
+//! reaches the new endpoint (informer → coalescing → render → apply → packet).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{tcp, Server, Topology, NODE_IP};
+use k3rs_apiserver::local_client::LocalClient;
+use k3rs_apiserver::{Api, ServerInfo};
+use k3rs_client::{Client, Resource};
+use k3rs_proxy::model::SERVICE_NAME_LABEL;
+use k3rs_proxy::render::render;
+use k3rs_proxy::{slice_resource, Nft, Proxy, ProxyConfig};
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVICES: usize = 1000;
+
+fn slice(name: &str, pods: &[usize]) -> Value {
+    let eps: Vec<Value> = pods
+        .iter()
+        .map(|i| {
+            json!({"addresses": [Topology::pod_ip(*i).to_string()], "nodeName": "n1",
+            "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-abcde"), "namespace": "default",
+            "labels": {SERVICE_NAME_LABEL: name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": eps})
+}
+
+fn stats(label: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{label}: n={} min={:.1} ms p50={:.1} ms p90={:.1} ms max={:.1} ms",
+        v.len(),
+        ms(v[0]),
+        ms(v[v.len() / 2]),
+        ms(v[v.len() * 9 / 10]),
+        ms(v[v.len() - 1])
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let t = Topology::new("k3p-bench", 3);
+    let nft = Nft::in_netns(&t.node());
+    let _s1 = Server::start(&t.pod(1), "pod1", 8080, 5353);
+    let _s2 = Server::start(&t.pod(2), "pod2", 8080, 5353);
+    let config = ProxyConfig::new("n1", vec![NODE_IP]);
+
+    // Render and apply, without the API.
+    let services: Vec<Value> = (0..SERVICES)
+        .map(|i| {
+            json!({"metadata": {"namespace": "default", "name": format!("svc-{i}")},
+            "spec": {"clusterIP": format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250), "type": "NodePort",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30000 + i}]}})
+        })
+        .collect();
+    let slices: Vec<Value> = (0..SERVICES)
+        .map(|i| slice(&format!("svc-{i}"), &[1, 2]))
+        .collect();
+    let mut renders = Vec::new();
+    let mut text = String::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        text = render(&config, &services, &slices);
+        renders.push(t0.elapsed());
+    }
+    println!(
+        "{SERVICES} services, 2 endpoints each: ruleset {} KiB, {} lines",
+        text.len() / 1024,
+        text.lines().count()
+    );
+    stats("render (pure)", renders);
+    let mut applies = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        nft.apply(&text).expect("apply");
+        applies.push(t0.elapsed());
+    }
+    stats("apply (nft -f, delete + re-create the table)", applies);
+
+    // Propagation through the API and the proxy's informers.
+    let info = ServerInfo {
+        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 6443,
+        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
+        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
+    };
+    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
+        .await
+        .expect("api");
+    let c: Arc<dyn Client> = Arc::new(LocalClient::new(api));
+    let svcs = Resource::core("services");
+    let mut cips = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..SERVICES {
+        let name = format!("svc-{i}");
+        let s = c
+            .create(
+                &svcs,
+                Some("default"),
+                json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+                "bench",
+            )
+            .await
+            .expect("service");
+        cips.push(s["spec"]["clusterIP"].as_str().unwrap().to_string());
+        c.create(
+            &slice_resource(),
+            Some("default"),
+            slice(&name, &[1]),
+            "bench",
+        )
+        .await
+        .expect("slice");
+    }
+    println!(
+        "created {SERVICES} services + slices through the API in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let proxy = Proxy::start(c.clone(), config, nft.clone());
+    let mut syncs = proxy.syncs();
+    let t0 = Instant::now();
+    syncs.wait_for(|n| *n >= 1).await.expect("sync");
+    println!(
+        "proxy start → first full sync: {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+
+    let mut propagation = Vec::new();
+    for round in 0..20 {
+        let i = (round * 37) % SERVICES;
+        let name = format!("svc-{i}");
+        let to: SocketAddr = format!("{}:80", cips[i]).parse().unwrap();
+        let p3 = t.pod(3);
+        let now = tokio::task::spawn_blocking(move || tcp(&p3, to))
+            .await
+            .unwrap()
+            .expect("service answers");
+        let (target, want) = if now.starts_with("pod1") {
+            (2, "pod2")
+        } else {
+            (1, "pod1")
+        };
+        let mut s = c
+            .get(&slice_resource(), Some("default"), &format!("{name}-abcde"))
+            .await
+            .unwrap();
+        s["endpoints"] = slice(&name, &[target])["endpoints"].clone();
+        let t0 = Instant::now();
+        c.replace(
+            &slice_resource(),
+            Some("default"),
+            &format!("{name}-abcde"),
+            s,
+            None,
+            "bench",
+        )
+        .await
+        .expect("update slice");
+        let p3 = t.pod(3);
+        let took = tokio::task::spawn_blocking(move || loop {
+            if tcp(&p3, to).is_ok_and(|a| a.starts_with(want)) {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no propagation");
+        })
+        .await
+        .unwrap();
+        propagation.push(took);
+        // Space the rounds past the sync period so each one measures a lone change.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stats(
+        "propagation (slice update → first connection to the new endpoint)",
+        propagation,
+    );
+    drop(proxy);
+    k3rs_proxy::cleanup(&nft).expect("cleanup");
+}
