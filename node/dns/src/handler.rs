@@ -1,6 +1,7 @@
 //! The hickory-server request handler: cluster names from the current [`Zone`] snapshot,
 //! everything else relayed to the upstream servers.
 
+use crate::cache::Cache;
 use crate::records::Records;
 use crate::upstream::Upstreams;
 use crate::zone::Lookup;
@@ -11,11 +12,15 @@ use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::sync::Semaphore;
 use tracing::{debug, debug_span, Instrument};
 
 pub struct Handler {
     pub(crate) records: Records,
     pub(crate) upstreams: Upstreams,
+    pub(crate) cache: Cache,
+    /// Forwarded queries in flight at most.
+    pub(crate) forwards: Semaphore,
 }
 
 fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -129,11 +134,23 @@ impl RequestHandler for Handler {
                     Self::send(request, response, metadata, &answers, &soa, &additionals).await
                 }
                 Lookup::Forward => {
-                    let answer = match self.upstreams.query(request.as_slice()).await {
-                        Ok(bytes) => Message::from_vec(&bytes).ok(),
-                        Err(e) => {
-                            debug!(error = %e, "forwarding failed");
-                            None
+                    let class = query.query_class();
+                    let answer = match self.cache.get(&name, qtype, class) {
+                        Some(m) => Some(m),
+                        None => {
+                            // As CoreDNS's forward max_concurrent: shed load rather than pile up.
+                            let Ok(_permit) = self.forwards.try_acquire() else {
+                                return Self::error(request, response, ResponseCode::Refused).await;
+                            };
+                            match self.upstreams.query(request.as_slice()).await {
+                                Ok(bytes) => Message::from_vec(&bytes).ok().inspect(|m| {
+                                    self.cache.put(&name, qtype, class, m);
+                                }),
+                                Err(e) => {
+                                    debug!(error = %e, "forwarding failed");
+                                    None
+                                }
+                            }
                         }
                     };
                     let Some(m) = answer else {

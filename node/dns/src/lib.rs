@@ -6,6 +6,7 @@
 //! listens on the cluster DNS IP, held by a dummy interface ([`iface`]).
 #![forbid(unsafe_code)]
 
+mod cache;
 mod handler;
 pub mod iface;
 pub mod kube_dns;
@@ -106,6 +107,8 @@ impl DnsServer {
         let mut server = hickory_server::Server::new(handler::Handler {
             records,
             upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout),
+            cache: cache::Cache::new(10_000),
+            forwards: tokio::sync::Semaphore::new(1000),
         });
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);

@@ -76,6 +76,7 @@ fn slice(name: &str, svc: &str, endpoints: Value) -> Value {
 struct FakeUpstream {
     addr: SocketAddr,
     tcp_queries: Arc<std::sync::atomic::AtomicUsize>,
+    udp_queries: Arc<std::sync::atomic::AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -125,9 +126,12 @@ async fn fake_upstream() -> FakeUpstream {
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
     let tcp_queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let udp_queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let udp_counter = udp_queries.clone();
     let t1 = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            udp_counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(a) = upstream_answer(&buf[..n], false) {
                 let _ = udp.send_to(&a, from).await;
             }
@@ -155,6 +159,7 @@ async fn fake_upstream() -> FakeUpstream {
     FakeUpstream {
         addr,
         tcp_queries,
+        udp_queries,
         tasks: vec![t1, t2],
     }
 }
@@ -384,11 +389,21 @@ async fn serves_the_cluster_zone_from_watches_and_forwards_the_rest() {
         Ok(vec![])
     );
     // Forwarding, and TCP after a truncated UDP answer upstream.
+    let before = upstream
+        .udp_queries
+        .load(std::sync::atomic::Ordering::SeqCst);
+    for name in ["www.example.test.", "WWW.example.test."] {
+        assert_eq!(
+            lookup(&r, name, RecordType::A).await.unwrap(),
+            vec!["192.0.2.1"]
+        );
+    }
+    // The second time came from the cache (TTL 60 s upstream, kept at most 30 s).
     assert_eq!(
-        lookup(&r, "www.example.test.", RecordType::A)
-            .await
-            .unwrap(),
-        vec!["192.0.2.1"]
+        upstream
+            .udp_queries
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
     );
     assert_eq!(
         lookup(&r, "nothing.invalid.", RecordType::A).await,
