@@ -168,7 +168,10 @@ pub async fn run_on_node(
     upstreams: Vec<SocketAddr>,
 ) -> Result<DnsServer, Error> {
     iface::ensure_interface(iface::INTERFACE, dns_ip).await?;
-    kube_dns::ensure_kube_dns_service(client.as_ref(), dns_ip).await?;
+    // Serving matters more than the Service object (e.g. a user already took the IP).
+    if let Err(e) = kube_dns::ensure_kube_dns_service(client.as_ref(), dns_ip).await {
+        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "could not create the kube-dns Service");
+    }
     let records = Records::watch(client, domain, dns_ip, TTL).await?;
     let cfg = Config::new(SocketAddr::new(dns_ip, 53), domain, dns_ip, upstreams);
     DnsServer::start(&cfg, records).await
