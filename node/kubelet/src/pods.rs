@@ -275,6 +275,17 @@ impl Pods {
                 .unwrap_or_default();
             let memo = w.memo.entry(name).or_default();
             memo.attempt = memo.attempt.max(attempt);
+            if memo.image_id.is_empty() {
+                // What the status already says, so adopting does not rewrite imageID as "".
+                let id = format!("k3rs://{}", c.id);
+                memo.image_id = ["containerStatuses", "initContainerStatuses"]
+                    .iter()
+                    .flat_map(|k| pod["status"][k].as_array().into_iter().flatten())
+                    .find(|s| s["containerID"] == id.as_str())
+                    .and_then(|s| s["imageID"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+            }
         }
     }
 
@@ -436,7 +447,8 @@ impl Pods {
             .collect();
         // Before the post, so a container's first status already carries its probe results
         // (an adopted container stays ready). The pod IP comes from the last posted status.
-        self.prober.update(&mut w.probes, pod, &w.last_status, &running);
+        self.prober
+            .update(&mut w.probes, pod, &w.last_status, &running);
         self.post_status(pod, w, &states).await?;
         Ok(false)
     }
