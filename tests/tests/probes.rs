@@ -393,6 +393,13 @@ fn post_start_and_pre_stop_hooks() -> anyhow::Result<()> {
         "preStop runs before the stop signal"
     );
     assert!(
+        events_for(&c, "hooks")
+            .iter()
+            .any(|e| e["reason"] == "Killing" && e["message"] == "Stopping container app"),
+        "{:?}",
+        events_for(&c, "hooks")
+    );
+    assert!(
         took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "delete took {took:?}"
     );
@@ -441,3 +448,4 @@ fn post_start_and_pre_stop_hooks() -> anyhow::Result<()> {
     );
     Ok(())
 }
+

@@ -814,6 +814,14 @@ impl Prober {
         .await
         .unwrap_or_default();
         let t0 = Instant::now();
+        if !grace.is_zero() {
+            for (name, _) in &running {
+                let msg = format!("Stopping container {name}");
+                self.recorder
+                    .normal(&event_object(pod), "Killing", &msg, "Killing")
+                    .await;
+            }
+        }
         let mut hooks = tokio::task::JoinSet::new();
         for (name, id) in running {
             let Some(c) = self.container_spec(pod, &name) else {
