@@ -533,12 +533,16 @@ impl Target {
     }
 }
 
+/// Where a pod's IP is known first (the pod network, by pod uid), before any status carries it.
+pub type PodIpSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Runs probes and hooks for the pod workers.
 #[derive(Clone)]
 pub struct Prober {
     runtime: Runtime,
     recorder: Recorder,
     host_ip: String,
+    pod_ips: Option<PodIpSource>,
 }
 
 /// Container name from a container id `<uid>_<name>_<attempt>`.
@@ -578,7 +582,15 @@ impl Prober {
             runtime,
             recorder,
             host_ip,
+            pod_ips: None,
         }
+    }
+
+    /// Asks `source` for pod IPs, so hooks and the first probes of a container need not wait
+    /// for a status that carries the address (a postStart httpGet runs before any is posted).
+    pub fn with_pod_ips(mut self, source: PodIpSource) -> Prober {
+        self.pod_ips = Some(source);
+        self
     }
 
     fn pod_ip(&self, pod: &Value) -> Option<String> {
@@ -586,10 +598,18 @@ impl Prober {
     }
 
     fn pod_ip_in(&self, pod: &Value, status: &Value) -> Option<String> {
-        status["podIP"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(String::from)
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+        let host_network = pod.pointer("/spec/hostNetwork") == Some(&json!(true));
+        self.pod_ips
+            .as_ref()
+            .filter(|_| !host_network)
+            .and_then(|f| f(uid))
+            .or_else(|| {
+                status["podIP"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+            })
             .or_else(|| {
                 (pod.pointer("/spec/hostNetwork") == Some(&json!(true)))
                     .then(|| self.host_ip.clone())
