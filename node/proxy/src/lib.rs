@@ -78,6 +78,16 @@ pub fn cleanup(nft: &Nft) -> Result<(), Error> {
     nft.cleanup()
 }
 
+/// Pods on one bridge reach each other's Services only if bridged packets pass the IP hooks
+/// (conntrack must see the reply to undo the DNAT): kube-proxy's br_netfilter requirement.
+fn check_bridge_netfilter() {
+    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables") {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => warn!("net.bridge.bridge-nf-call-iptables is 0: pods on the same bridge cannot reach each other through Services"),
+        Err(_) => warn!("br_netfilter is not loaded: pods on the same bridge cannot reach each other through Services"),
+    }
+}
+
 /// A running proxy; dropping it stops the sync loop (the rules stay, as with kube-proxy).
 pub struct Proxy {
     syncs: watch::Receiver<u64>,
@@ -87,6 +97,9 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the informers and the sync loop.
     pub fn start(client: Arc<dyn Client>, config: ProxyConfig, nft: Nft) -> Proxy {
+        if nft.is_local() {
+            check_bridge_netfilter();
+        }
         let services = Informer::new(Resource::core("services"));
         let slices = Informer::new(slice_resource());
         let dirty = Arc::new(Notify::new());
@@ -119,6 +132,26 @@ impl Drop for Proxy {
     }
 }
 
+/// Applies a rendered table; ClientIP affinity entries of sets the previous table also had are
+/// read back first and carried over, so clients keep their endpoints across syncs.
+fn apply(nft: &Nft, text: &str, previous: Option<&str>) -> Result<(), Error> {
+    let before: Vec<&str> = previous.map(render::affinity_sets).unwrap_or_default();
+    let keep: Vec<&str> = render::affinity_sets(text)
+        .into_iter()
+        .filter(|s| before.contains(s))
+        .collect();
+    if keep.is_empty() {
+        return nft.apply(text);
+    }
+    match nft.set_entries(&keep) {
+        Ok(entries) => nft.apply(&render::with_set_entries(text, &entries)),
+        Err(e) => {
+            warn!(error = %e, "reading the affinity sets failed; clients may change endpoints");
+            nft.apply(text)
+        }
+    }
+}
+
 async fn sync_loop(
     config: ProxyConfig,
     nft: Nft,
@@ -145,7 +178,8 @@ async fn sync_loop(
         if last.as_deref() != Some(text.as_str()) {
             let n = nft.clone();
             let t = text.clone();
-            let res = tokio::task::spawn_blocking(move || n.apply(&t))
+            let previous = last.clone();
+            let res = tokio::task::spawn_blocking(move || apply(&n, &t, previous.as_deref()))
                 .await
                 .map_err(|_| Error::Join)
                 .and_then(|r| r);

@@ -414,6 +414,57 @@ fn write_table(
     out
 }
 
+/// Names of the ClientIP affinity sets in a rendered table.
+pub fn affinity_sets(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("\tset ")?.strip_suffix(" {"))
+        .filter(|n| n.starts_with("aff-"))
+        .collect()
+}
+
+/// The rendered table with live affinity entries carried into its sets (re-creating the table
+/// would otherwise forget every client's endpoint): each entry keeps the time it has left,
+/// capped at the set's timeout.
+pub fn with_set_entries(
+    text: &str,
+    entries: &BTreeMap<String, Vec<(Ipv4Addr, std::time::Duration)>>,
+) -> String {
+    let mut out = text.to_string();
+    for (set, elems) in entries {
+        if elems.is_empty() {
+            continue;
+        }
+        let head = format!("\tset {set} {{\n");
+        let Some(start) = out.find(&head) else {
+            continue;
+        };
+        let Some(len) = out[start..].find("\n\t}\n") else {
+            continue;
+        };
+        let block = &out[start..start + len];
+        let Some(timeout) = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("timeout "))
+            .and_then(|t| t.strip_suffix('s'))
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let list: Vec<String> = elems
+            .iter()
+            .map(|(ip, left)| {
+                let ms = (left.as_millis() as u64).clamp(1, timeout * 1000);
+                format!("{ip} timeout {timeout}s expires {ms}ms")
+            })
+            .collect();
+        out.insert_str(
+            start + len,
+            &format!("\n\t\telements = {{ {} }}", list.join(", ")),
+        );
+    }
+    out
+}
+
 /// Deletes the table (the `add` first makes this succeed when it does not exist).
 pub fn cleanup_text() -> String {
     format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
@@ -664,5 +715,19 @@ mod tests {
         let rules = chain(&text, v.strip_prefix("goto ").unwrap());
         assert!(rules[0].starts_with("ip saddr @aff-") && rules[1].starts_with("ip saddr @aff-"));
         assert!(rules[2].starts_with("numgen random mod 2"));
+        let sets = affinity_sets(&text);
+        assert_eq!(sets.len(), 2);
+        let mut entries = BTreeMap::new();
+        entries.insert(
+            sets[0].to_string(),
+            vec![(
+                Ipv4Addr::new(10, 42, 3, 2),
+                std::time::Duration::from_secs(20),
+            )],
+        );
+        let carried = with_set_entries(&text, &entries);
+        assert!(carried.contains(
+            "\t\ttimeout 60s\n\t\telements = { 10.42.3.2 timeout 60s expires 20000ms }\n\t}"
+        ));
     }
 }

@@ -179,3 +179,75 @@ async fn rules_follow_services_and_endpoint_slices() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_survives_resyncs() {
+    let t = Topology::new("k3p-aps", 3);
+    let nft = Nft::in_netns(&t.node());
+    let _c = Cleanup(nft.clone());
+    let _s1 = Server::start(&t.pod(1), "pod1", 8080, 5353);
+    let _s2 = Server::start(&t.pod(2), "pod2", 8080, 5353);
+    let c = client().await;
+    let proxy = Proxy::start(
+        c.clone(),
+        ProxyConfig::new("n1", vec![NODE_IP]),
+        nft.clone(),
+    );
+    let mut syncs = proxy.syncs();
+    let services = Resource::core("services");
+    let svc = c
+        .create(
+            &services,
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"sessionAffinity": "ClientIP",
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+            "test",
+        )
+        .await
+        .expect("service");
+    let to = SocketAddr::from((
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .parse::<Ipv4Addr>()
+            .unwrap(),
+        80,
+    ));
+    c.create(&slice_resource(), Some("default"), slice(&[1, 2]), "test")
+        .await
+        .expect("slice");
+    let p3 = t.pod(3);
+    eventually("the service to answer", move || tcp(&p3, to).is_ok()).await;
+    let p3 = t.pod(3);
+    let first = tokio::task::spawn_blocking(move || tcp_names(&p3, to, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    // Unrelated changes re-create the table several times; the client keeps its endpoint.
+    for i in 0..3 {
+        let before = *syncs.borrow();
+        c.create(
+            &services,
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("other-{i}"), "namespace": "default"},
+                "spec": {"ports": [{"port": 80}]}}),
+            "test",
+        )
+        .await
+        .expect("service");
+        syncs.wait_for(|n| *n > before).await.expect("resync");
+        let listed = nft.list_table().unwrap().unwrap();
+        assert!(
+            listed.contains("10.42.3.2 "),
+            "affinity entry lost: {listed}"
+        );
+        let p3 = t.pod(3);
+        let names = tokio::task::spawn_blocking(move || tcp_names(&p3, to, 10))
+            .await
+            .unwrap();
+        assert!(names.iter().all(|n| *n == first), "{first} then {names:?}");
+    }
+}
