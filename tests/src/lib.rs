@@ -1,5 +1,6 @@
 //! End-to-end harness: starts the real `k3rs` binary on a free loopback port with its own data
-//! dir and drives it with the real kubectl.
+//! dir and drives it with the real kubectl. A cluster with a kubelet runs in its own network
+//! namespace ([`NetNs`]), so parallel tests each have their own `cni0` and nftables tables.
 
 pub mod images;
 
@@ -48,6 +49,159 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// Run the in-process kubelet (needs root); API-only tests leave it off.
     agent: bool,
+    /// The network namespace a node cluster runs in (server and kubectl alike).
+    netns: Option<NetNs>,
+}
+
+/// A network namespace made for one test, `k3e-<pid>-<n>`, joined to the host by a veth pair with
+/// a private /30 (from 172.31.0.0/16): the host side holds the first address, the namespace side
+/// (`eth0`, the node IP) the second and a default route via the host side. Dropping it removes
+/// the namespace and the host side veth.
+pub struct NetNs {
+    name: String,
+    host_veth: String,
+    host_ip: std::net::Ipv4Addr,
+    node_ip: std::net::Ipv4Addr,
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl NetNs {
+    pub fn create() -> Result<NetNs> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("k3e-{pid}-{n}");
+        let host_veth = format!("k3h{:x}-{n}", pid);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &host_veth])
+            .output();
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        // From here on Drop cleans up, whatever fails next.
+        let mut ns = NetNs {
+            name,
+            host_veth,
+            host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            node_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let name = ns.name.clone();
+        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            &ns.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &name,
+        ]))?;
+        // A /30 per (pid, n), skipping any the host already uses.
+        let used = run_ok(Command::new("ip").args(["-4", "-o", "addr", "show"]))?
+            + &run_ok(Command::new("ip").args(["-4", "route", "show"]))?;
+        let start = (pid.wrapping_mul(7919).wrapping_add(n.wrapping_mul(104729))) % 16384;
+        let mut chosen = None;
+        for i in 0..16384u32 {
+            let k = (start + i) % 16384;
+            let base = u32::from(std::net::Ipv4Addr::new(172, 31, 0, 0)) + k * 4;
+            let net = std::net::Ipv4Addr::from(base);
+            let host = std::net::Ipv4Addr::from(base + 1);
+            let node = std::net::Ipv4Addr::from(base + 2);
+            if used.contains(&format!("{net}/30"))
+                || used.contains(&format!("{host}/"))
+                || used.contains(&format!("{node}/"))
+            {
+                continue;
+            }
+            chosen = Some((host, node));
+            break;
+        }
+        let (host, node) = chosen.context("no free /30 in 172.31.0.0/16")?;
+        ns.host_ip = host;
+        ns.node_ip = node;
+        run_ok(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{host}/30"),
+            "dev",
+            &ns.host_veth,
+        ]))?;
+        run_ok(Command::new("ip").args(["link", "set", &ns.host_veth, "up"]))?;
+        run_ok(Command::new("ip").args([
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{node}/30"),
+            "dev",
+            "eth0",
+        ]))?;
+        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "eth0", "up"]))?;
+        run_ok(Command::new("ip").args([
+            "-n",
+            &name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host.to_string(),
+        ]))?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// The address inside the namespace (the node IP).
+    pub fn node_ip(&self) -> std::net::Ipv4Addr {
+        self.node_ip
+    }
+
+    /// The host side of the veth pair: the node's "upstream".
+    pub fn host_side_ip(&self) -> std::net::Ipv4Addr {
+        self.host_ip
+    }
+
+    /// A command that runs `program` in the namespace (`nsenter --net`, which, unlike
+    /// `ip netns exec`, makes no new mount namespace).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .output();
+    }
 }
 
 impl Cluster {
@@ -65,6 +219,7 @@ impl Cluster {
             dir,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             agent: false,
+            netns: None,
         };
         c.spawn()?;
         Ok(c)
@@ -83,6 +238,7 @@ impl Cluster {
             dir,
             extra_args: Vec::new(),
             agent: true,
+            netns: Some(NetNs::create()?),
         };
         let images = c.data_dir().join("agent/images");
         std::fs::create_dir_all(&images)?;
@@ -103,18 +259,50 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// The network namespace a node cluster runs in (None for API-only clusters).
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
+    }
+
+    /// The node IP: the namespace's address for a node cluster, else 127.0.0.1.
+    pub fn node_ip(&self) -> std::net::Ipv4Addr {
+        self.netns
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, NetNs::node_ip)
+    }
+
+    /// The host side of the namespace's veth (a node cluster only).
+    pub fn host_side_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.netns.as_ref().map(NetNs::host_side_ip)
+    }
+
+    /// A command for `program` where the cluster runs: in its namespace, or here.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
+    }
+
+    /// Runs a command where the cluster runs and demands success; returns stdout.
+    pub fn in_netns(&self, args: &[&str]) -> Result<String> {
+        let (program, rest) = args.split_first().context("empty command")?;
+        run_ok(self.command(program).args(rest))
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("server.log"))?;
-        let child = Command::new(k3rs_bin())
+        let child = self
+            .command(k3rs_bin())
             .arg("server")
             .arg("--config=/dev/null")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--https-listen-port={}", self.port))
             .arg("--bind-address=127.0.0.1")
-            .arg("--node-ip=127.0.0.1")
+            .arg(format!("--node-ip={}", self.node_ip()))
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
             .args((!self.agent).then_some("--disable-agent"))
             .args(&self.extra_args)
@@ -187,7 +375,7 @@ impl Cluster {
 
     /// A kubectl command with this cluster's kubeconfig and a private cache dir.
     pub fn kubectl_cmd(&self, version: Option<&str>) -> Command {
-        let mut cmd = Command::new(kubectl_path(version));
+        let mut cmd = self.command(kubectl_path(version));
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())
             .arg(format!(

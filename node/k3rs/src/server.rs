@@ -213,6 +213,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
     tokio::spawn(k3rs_controllers::run(
         local,
         k3rs_controllers::ControllersConfig {
+            cluster_cidr: Some(args.cluster_cidr.clone()),
             servicelb: !args.disable.iter().any(|d| d == "servicelb"),
             ..Default::default()
         },
@@ -267,6 +268,8 @@ async fn serve(args: ServerArgs) -> Result<()> {
                     agent_dir: args.data_dir.join("agent"),
                     cluster_dns: Some(args.cluster_dns.to_string()),
                     cluster_domain: args.cluster_domain.clone(),
+                    cluster_cidr: args.cluster_cidr.clone(),
+                    mtu: 1500,
                 },
             )
             .await

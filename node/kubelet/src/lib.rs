@@ -5,6 +5,7 @@
 pub mod container_spec;
 pub mod exec;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
@@ -32,6 +33,10 @@ pub struct KubeletConfig {
     pub agent_dir: PathBuf,
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
+    /// `--cluster-cidr`: pods' traffic leaving it is masqueraded.
+    pub cluster_cidr: String,
+    /// MTU of the bridge and pod interfaces (1500; an overlay needs less).
+    pub mtu: u32,
 }
 
 /// A started kubelet: its pods (for log streaming) and the image store.
@@ -80,7 +85,18 @@ impl Kubelet {
             cluster_dns: cfg.cluster_dns.clone(),
             cluster_domain: cfg.cluster_domain.clone(),
             plain_http_registries: Vec::new(),
+            network: network::Network::new(),
         };
+        tokio::spawn(pods_cfg.network.clone().start(
+            client.clone(),
+            network::NetworkSettings {
+                node_name: cfg.node.name.clone(),
+                cluster_cidr: cfg.cluster_cidr.clone(),
+                mtu: cfg.mtu,
+                agent_dir: cfg.agent_dir.clone(),
+            },
+            runtime.clone(),
+        ));
         let logs_root = pods_cfg.logs_root();
         let pods = pods::Pods::new(client, runtime, images, pods_cfg);
         tokio::spawn(pods.clone().run());

@@ -33,6 +33,8 @@ pub struct PodsConfig {
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
     pub plain_http_registries: Vec<String>,
+    /// The pod network (bridge, veths, addresses) pods that are not hostNetwork attach to.
+    pub network: Arc<crate::network::Network>,
 }
 
 impl PodsConfig {
@@ -114,11 +116,15 @@ impl Pods {
         images: ImageStore,
         cfg: PodsConfig,
     ) -> Arc<Pods> {
+        let network = cfg.network.clone();
         let prober = Prober::new(
             runtime.clone(),
             k3rs_client::events::Recorder::new(client.clone(), "kubelet"),
             cfg.host_ip.clone(),
-        );
+        )
+        .with_pod_ips(Arc::new(move |uid: &str| {
+            network.pod_ips(uid).and_then(|ips| ips.into_iter().next())
+        }));
         Arc::new(Pods {
             client,
             runtime,
@@ -223,6 +229,7 @@ impl Pods {
                     let _ = me.runtime.remove(&c.id);
                     let _ = me.images.release_rootfs(&c.id);
                 }
+                me.cfg.network.detach(&sb.pod_uid);
                 let _ = me.runtime.remove_sandbox(&sb.pod_uid);
                 volumes::cleanup(&me.cfg.root.join("pods").join(&sb.pod_uid));
             }
@@ -355,6 +362,9 @@ impl Pods {
             .blocking(move |rt| rt.create_sandbox(&uid2, &sb_cfg))
             .await
             .map_err(|e| format!("creating sandbox: {e}"))?;
+        if !host_network {
+            self.cfg.network.attach(pod, &sandbox).await?;
+        }
         let pod_dir = self.cfg.root.join("pods").join(&uid);
         let ctx = VolumeContext {
             client: self.client.as_ref(),
@@ -1151,6 +1161,9 @@ impl Pods {
         if host_network {
             status["podIP"] = json!(self.cfg.host_ip);
             status["podIPs"] = json!([{"ip": self.cfg.host_ip}]);
+        } else if let Some(ips) = self.cfg.network.pod_ips(&uid) {
+            status["podIP"] = json!(ips[0]);
+            status["podIPs"] = ips.iter().map(|ip| json!({"ip": ip})).collect();
         }
         let _ = (ns, name);
         status
@@ -1193,6 +1206,7 @@ impl Pods {
         let grace = self.prober.pre_stop_pod(pod, grace).await;
         let images = self.images.clone();
         let root = self.cfg.root.clone();
+        let network = self.cfg.network.clone();
         let uid2 = uid.clone();
         self.blocking(move |rt| {
             let containers: Vec<_> = rt
@@ -1216,6 +1230,7 @@ impl Pods {
                 let _ = rt.remove(&c.id);
                 let _ = images.release_rootfs(&c.id);
             }
+            network.detach(&uid2);
             let _ = rt.remove_sandbox(&uid2);
             volumes::cleanup(&root.join("pods").join(&uid2));
         })
