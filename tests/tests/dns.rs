@@ -1,0 +1,209 @@
+//! Cluster DNS through real kubectl and pods: the embedded server answers on 10.43.0.10 from
+//! inside pods (busybox `nslookup`: a ClusterIP service by short name, a headless service and a
+//! pod's name under it, `kubernetes.default`), from the node's own namespace (`dig`), and pods get
+//! the search path and `ndots:5`. Only cluster names are asked, so nothing is forwarded off the
+//! node. Needs root.
+
+use k3rs_e2e::{eventually, Cluster};
+use std::time::Duration;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+const OBJECTS: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.43.9.9
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: web, image: busybox:test, imagePullPolicy: Never, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: db, image: busybox:test, imagePullPolicy: Never, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: sh, image: busybox:test, imagePullPolicy: Never, command: ["sleep", "3600"]}
+"#;
+
+fn pod_ip(c: &Cluster, name: &str) -> Option<String> {
+    let out = c
+        .ok(&[
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ])
+        .ok()?;
+    let (phase, ip) = out.trim().split_once(' ')?;
+    (phase == "Running" && !ip.is_empty()).then(|| ip.to_string())
+}
+
+/// `nslookup <name>` in the client pod; busybox prints the answers as `Address: <ip>`.
+fn nslookup(c: &Cluster, name: &str) -> Vec<String> {
+    let out = c
+        .kubectl(&["exec", "client", "--", "busybox", "nslookup", name])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut ips: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+#[test]
+fn pods_resolve_services_through_the_embedded_dns() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    // No upstream for this node (a loopback-only resolv.conf): names outside the cluster get
+    // SERVFAIL at once instead of being forwarded off the machine.
+    let resolv = tempfile::NamedTempFile::new()?;
+    std::fs::write(resolv.path(), "nameserver 127.0.0.1\n")?;
+    std::env::set_var("K3RS_RESOLV_CONF", resolv.path());
+    let c = Cluster::start_node()?;
+    c.kubectl_stdin(None, &["apply", "-f", "-"], OBJECTS)?;
+    let ips: Vec<Option<String>> = ["web", "db-0", "client"]
+        .iter()
+        .map(|p| eventually(Duration::from_secs(60), || pod_ip(&c, p)))
+        .collect();
+    let [Some(_web), Some(db), Some(_client)] = &ips[..] else {
+        panic!(
+            "pods did not get running: {}\n{}",
+            c.ok(&["get", "pods", "-o", "wide"]).unwrap_or_default(),
+            c.log()
+        );
+    };
+
+    // kube-dns exists, as in K3s.
+    let svc = c.ok(&[
+        "get",
+        "svc",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP} {.metadata.labels.k8s-app}",
+    ])?;
+    assert_eq!(svc.trim(), "10.43.0.10 kube-dns");
+
+    // The pod's resolv.conf points at the cluster DNS with the search path and ndots:5.
+    let resolv = c.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"])?;
+    assert!(resolv.contains("nameserver 10.43.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+
+    // From the node's namespace: dig at the DNS IP, over UDP and TCP.
+    let dig = |args: &[&str]| {
+        let mut a = vec!["dig", "@10.43.0.10", "+short", "+time=2", "+tries=2"];
+        a.extend_from_slice(args);
+        c.in_netns(&a).unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(dig(&["web.default.svc.cluster.local"]), "10.43.9.9");
+    assert_eq!(
+        dig(&["+tcp", "kubernetes.default.svc.cluster.local"]),
+        "10.43.0.1"
+    );
+    assert_eq!(dig(&["-x", "10.43.9.9"]), "web.default.svc.cluster.local.");
+    let srv = eventually(Duration::from_secs(20), || {
+        let s = dig(&["_pg._tcp.db.default.svc.cluster.local", "SRV"]);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(
+        srv.as_deref(),
+        Some("0 100 5432 db-0.db.default.svc.cluster.local.")
+    );
+
+    // From inside pods: short names through the search path.
+    let web = eventually(Duration::from_secs(20), || {
+        let a = nslookup(&c, "web");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(
+        web,
+        Some(vec!["10.43.9.9".to_string()]),
+        "{:?}",
+        c.kubectl(&["exec", "client", "--", "busybox", "nslookup", "web"])
+    );
+    // busybox's nslookup applies the search path only to names without a dot, so
+    // `kubernetes.default` goes through the libc resolver (ping prints what it resolved).
+    let ping = c
+        .kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "kubernetes.default",
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        ping.contains("PING kubernetes.default (10.43.0.1)"),
+        "{ping}"
+    );
+    assert_eq!(
+        nslookup(&c, "kubernetes.default.svc.cluster.local"),
+        vec!["10.43.0.1"]
+    );
+    assert_eq!(nslookup(&c, "db"), vec![db.clone()]);
+    assert_eq!(
+        nslookup(&c, "db-0.db.default.svc.cluster.local"),
+        vec![db.clone()]
+    );
+    assert_eq!(
+        nslookup(&c, "web.default.svc.cluster.local"),
+        vec!["10.43.9.9"]
+    );
+    assert!(nslookup(&c, "missing.default.svc.cluster.local").is_empty());
+
+    c.ok(&["delete", "pod", "web", "db-0", "client", "--wait=true"])?;
+    Ok(())
+}
