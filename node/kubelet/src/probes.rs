@@ -1068,7 +1068,12 @@ async fn exec(target: &Target, command: &[String], timeout: Duration) -> Result<
     .map_err(|e| e.to_string())?
 }
 
-/// An httpGet probe: one HTTP/1.1 GET; 200–399 is success. HTTPS does not verify the certificate.
+/// Redirects an httpGet probe follows, as upstream's client.
+const MAX_REDIRECTS: usize = 10;
+
+/// An httpGet probe: HTTP/1.1 GETs; 200–399 is success. HTTPS does not verify the certificate.
+/// Redirects to the same host are followed (at most 10, within one timeout); a redirect to another
+/// host is not followed and counts as success, as upstream.
 async fn http_get(
     https: bool,
     host: &str,
@@ -1077,8 +1082,59 @@ async fn http_get(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<(), String> {
-    let scheme = if https { "https" } else { "http" };
-    let url = format!("{scheme}://{}{path}", join_host_port(host, port));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut https, mut port, mut path) = (https, port, path.to_string());
+    let mut url = String::new();
+    for _ in 0..=MAX_REDIRECTS {
+        let scheme = if https { "https" } else { "http" };
+        url = format!("{scheme}://{}{path}", join_host_port(host, port));
+        let req = http_request(host, port, &path, headers);
+        let attempt = async {
+            let tcp = TcpStream::connect((host, port))
+                .await
+                .map_err(|e| format!("dial tcp {}: {e}", join_host_port(host, port)))?;
+            if https {
+                let tls = tls::connect(host, tcp).await?;
+                http_exchange(tls, &req).await
+            } else {
+                http_exchange(tcp, &req).await
+            }
+        };
+        let (code, location) = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("Get \"{url}\": {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                ))
+            }
+        };
+        if (300..400).contains(&code) {
+            if let Some(loc) = location {
+                match redirect_target(&loc, https, host, port, &path) {
+                    Some(next) => {
+                        (https, port, path) = next;
+                        continue;
+                    }
+                    None => {
+                        debug!(location = %loc, "probe not following a redirect to another host");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        return if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        };
+    }
+    Err(format!(
+        "Get \"{url}\": stopped after {MAX_REDIRECTS} redirects"
+    ))
+}
+
+fn http_request(host: &str, port: u16, path: &str, headers: &[(String, String)]) -> String {
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     let mut req = format!("GET {path} HTTP/1.1\r\n");
     if !has("host") {
@@ -1093,48 +1149,62 @@ async fn http_get(
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
-    req += "Connection: close\r\n\r\n";
-    let attempt = async {
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("dial tcp {}: {e}", join_host_port(host, port)))?;
-        if https {
-            let tls = tls::connect(host, tcp).await?;
-            http_exchange(tls, &req).await
-        } else {
-            http_exchange(tcp, &req).await
-        }
-    };
-    let code = match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(code)) => code,
-        Ok(Err(e)) => return Err(format!("Get \"{url}\": {e}")),
-        Err(_) => {
-            return Err(format!(
-                "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-            ))
-        }
-    };
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
-    }
+    req + "Connection: close\r\n\r\n"
 }
 
-/// Sends `req` and reads the status code of the response.
+/// Where a redirect from `https://host:port/path` to `location` goes: (https, port, path), or
+/// None when it leaves the host.
+fn redirect_target(
+    location: &str,
+    https: bool,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Option<(bool, u16, String)> {
+    let absolute = location
+        .strip_prefix("http://")
+        .map(|r| (false, r))
+        .or_else(|| location.strip_prefix("https://").map(|r| (true, r)));
+    let Some((to_https, rest)) = absolute else {
+        if location.starts_with('/') {
+            return Some((https, port, location.to_string()));
+        }
+        // Relative to the current path's directory.
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        return Some((https, port, format!("{dir}{location}")));
+    };
+    let (authority, new_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let default_port = if to_https { 443 } else { 80 };
+    let (h, p) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case(host)
+        .then_some((to_https, p, new_path))
+}
+
+/// Sends `req` and reads the status code and `Location` of the response.
 async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     req: &str,
-) -> Result<u16, String> {
+) -> Result<(u16, Option<String>), String> {
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     s.flush().await.map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.contains(&b'\n') {
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
+            if head.contains(&b'\n') {
+                break;
+            }
             return Err("EOF".into());
         }
         head.extend_from_slice(&buf[..n]);
@@ -1142,12 +1212,23 @@ async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             return Err("malformed HTTP response".into());
         }
     }
-    parse_status_line(&head).ok_or_else(|| {
+    let code = parse_status_line(&head).ok_or_else(|| {
         format!(
             "malformed HTTP response {:?}",
             String::from_utf8_lossy(&head[..head.len().min(64)])
         )
-    })
+    })?;
+    let location = String::from_utf8_lossy(&head)
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        });
+    Ok((code, location))
 }
 
 fn parse_status_line(head: &[u8]) -> Option<u16> {
@@ -1663,6 +1744,62 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap()
+    }
+
+    #[test]
+    fn redirect_targets() {
+        let t = |loc| redirect_target(loc, false, "10.0.0.5", 8080, "/a/b");
+        assert_eq!(t("/c"), Some((false, 8080, "/c".into())));
+        assert_eq!(t("c"), Some((false, 8080, "/a/c".into())));
+        assert_eq!(t("https://10.0.0.5/x"), Some((true, 443, "/x".into())));
+        assert_eq!(t("http://10.0.0.5:81"), Some((false, 81, "/".into())));
+        assert_eq!(
+            t("http://example.com/"),
+            None,
+            "another host is not followed"
+        );
+        assert_eq!(
+            redirect_target("http://[::1]:90/z", false, "::1", 80, "/"),
+            Some((false, 90, "/z".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn http_follows_redirects_on_the_same_host() {
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let resp = if req.starts_with("GET /old ") {
+                    "HTTP/1.1 301 Moved\r\nLocation: /gone\r\nContent-Length: 0\r\n\r\n"
+                } else if req.starts_with("GET /away ") {
+                    "HTTP/1.1 302 Found\r\nLocation: http://example.invalid/\r\nContent-Length: 0\r\n\r\n"
+                } else if req.starts_with("GET /loop ") {
+                    "HTTP/1.1 302 Found\r\nlocation: /loop\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let get = |p: &'static str| http_get(false, "127.0.0.1", port, p, &[], 5 * S);
+        assert_eq!(
+            get("/old").await,
+            Err("HTTP probe failed with statuscode: 404".into()),
+            "the redirect is followed to the 404"
+        );
+        assert_eq!(
+            get("/away").await,
+            Ok(()),
+            "another host: the 302 itself counts"
+        );
+        let looped = get("/loop").await.unwrap_err();
+        assert!(looped.contains("stopped after 10 redirects"), "{looped}");
     }
 
     #[tokio::test]
