@@ -4,7 +4,7 @@
 //! from the node itself; deleting the pods leaves no veths, addresses or DNAT rules. Needs root.
 
 use k3rs_e2e::{eventually, Cluster};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ fn pods_reach_each_other_the_node_and_upstream() -> anyhow::Result<()> {
         eprintln!("skipping: the kubelet needs root");
         return Ok(());
     }
-    let c = Cluster::start_node()?;
+    let mut c = Cluster::start_node()?;
     let ns = c
         .netns()
         .expect("a node cluster has a namespace")
@@ -200,8 +200,19 @@ fn pods_reach_each_other_the_node_and_upstream() -> anyhow::Result<()> {
         nc_from(&c, "client", &node_ip.to_string(), 18080).trim(),
         "hello-from-web"
     );
-    let mut probe = TcpStream::connect((node_ip, 18080))?;
-    let _ = probe.write_all(b"x");
+
+    // A crashed and restarted daemon keeps the pods' addresses and links (attach is idempotent
+    // across processes) and re-publishes the hostPort.
+    c.restart()?;
+    let web_after = eventually(Duration::from_secs(30), || pod_ip(&c, "web"));
+    assert_eq!(web_after.as_deref(), Some(web.as_str()));
+    assert_eq!(nc_from(&c, "client", &web, 8080).trim(), "hello-from-web");
+    let again = eventually(Duration::from_secs(20), || {
+        read_all(SocketAddr::from((node_ip, 18080)))
+            .ok()
+            .filter(|s| s.trim() == "hello-from-web")
+    });
+    assert!(again.is_some(), "hostPort lost after a restart");
 
     // Delete everything: no veths, no address files, no DNAT left.
     c.ok(&["delete", "pod", "web", "client", "host", "--wait=true"])?;
