@@ -1747,6 +1747,25 @@ mod tests {
     }
 
     #[test]
+    fn status_before_probing_follows_the_initial_results() {
+        let p = PodProbes::default();
+        let exec = json!({"exec": {"command": ["x"]}});
+        assert_eq!(p.status(&json!({"name": "a"}), "id"), (true, true));
+        assert_eq!(
+            p.status(&json!({"name": "a", "livenessProbe": exec}), "id"),
+            (true, true)
+        );
+        assert_eq!(
+            p.status(&json!({"name": "a", "readinessProbe": exec}), "id"),
+            (true, false)
+        );
+        assert_eq!(
+            p.status(&json!({"name": "a", "startupProbe": exec}), "id"),
+            (false, false)
+        );
+    }
+
+    #[test]
     fn redirect_targets() {
         let t = |loc| redirect_target(loc, false, "10.0.0.5", 8080, "/a/b");
         assert_eq!(t("/c"), Some((false, 8080, "/c".into())));
