@@ -449,3 +449,80 @@ fn post_start_and_pre_stop_hooks() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn probes_reach_the_pod_ip() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    let (c, node) = started_node()?;
+    // A pod on the pod network. The web sidecar's startup (tcpSocket), readiness (httpGet) and
+    // liveness (tcpSocket) probes go to the pod IP; the client starts once web is started, and
+    // its postStart httpGet goes to the pod IP too — before any status carries that address.
+    let body = r#"  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: web
+    image: busybox:test
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && echo ok > /www/hook.html && exec busybox httpd -f -vv -p 8080 -h /www"]
+    ports:
+    - {name: http, containerPort: 8080}
+    startupProbe:
+      tcpSocket: {port: http}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      httpGet: {path: /index.html, port: http}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+      failureThreshold: 1
+  containers:
+  - name: client
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    lifecycle:
+      postStart:
+        httpGet: {path: /hook.html, port: 8080}
+"#;
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        &pod_yaml("podnet", &node, body),
+    )?;
+    let took = wait_condition(&c, "podnet", "Ready", "True", Duration::from_secs(40));
+    let pod = c.json(&["get", "pod", "podnet"])?;
+    let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+    assert!(
+        !ip.is_empty() && pod["status"]["podIP"] != pod["status"]["hostIP"],
+        "{pod}"
+    );
+    eprintln!("pod network: Ready {took:?} after apply (pod IP {ip})");
+    let web = eventually(Duration::from_secs(10), || {
+        let p = c.json(&["get", "pod", "podnet"]).ok()?;
+        let w = p["status"]["initContainerStatuses"][0].clone();
+        (w["ready"] == true).then_some(w)
+    });
+    assert!(web.is_some(), "web never ready: {pod}");
+    let logs = c.ok(&["logs", "podnet", "-c", "web"])?;
+    assert!(logs.contains("url:/hook.html"), "{logs}");
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = c.json(&["get", "pod", "podnet"])?;
+    assert_eq!(
+        pod["status"]["initContainerStatuses"][0]["restartCount"], 0,
+        "a healthy tcpSocket liveness probe restarted web: {pod}"
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the postStart hook failed: {pod}"
+    );
+    let failures: Vec<Value> = events_for(&c, "podnet")
+        .into_iter()
+        .filter(|e| e["reason"] == "FailedPostStartHook" || e["reason"] == "Killing")
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    Ok(())
+}
