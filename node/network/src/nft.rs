@@ -87,17 +87,29 @@ pub fn render(r: &Rules) -> String {
         s,
         "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;"
     );
-    // hostPort reached from localhost: the source must not stay 127.0.0.1 on the bridge.
-    let _ = writeln!(
-        s,
-        "    oifname \"{br}\" ip saddr 127.0.0.0/8 ct status dnat masquerade"
-    );
-    // Hairpin: a pod reaching a hostPort whose backend is on this bridge; without SNAT the
-    // backend would answer it directly, bypassing the reverse NAT.
-    let _ = writeln!(
-        s,
-        "    oifname \"{br}\" ip saddr {cc} ct status dnat masquerade"
-    );
+    // hostPort traffic DNATed into the bridge from 127.0.0.0/8 (the source must not stay
+    // loopback) or from a pod (hairpin: the backend would answer the pod directly, bypassing the
+    // reverse NAT). Matched on the hostPort backends only, so Service traffic (another table's
+    // DNAT) keeps its pod source.
+    let backends: Vec<String> = r
+        .host_ports
+        .iter()
+        .filter(|(ip, _)| ip.is_ipv4())
+        .flat_map(|(ip, ports)| {
+            ports
+                .iter()
+                .map(move |p| format!("{ip} . {} . {}", p.protocol.as_str(), p.container_port))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !backends.is_empty() {
+        let _ = writeln!(
+            s,
+            "    oifname \"{br}\" ct status dnat ip saddr {{ 127.0.0.0/8, {cc} }} ip daddr . meta l4proto . th dport {{ {} }} masquerade",
+            backends.join(", ")
+        );
+    }
     // Pods reaching anything outside the cluster network appear as the node.
     let _ = writeln!(
         s,
@@ -186,6 +198,14 @@ mod tests {
             "ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 oifname != \"cni0\" masquerade"
         ));
         assert!(t.contains("iifname \"cni0\" accept"));
+        assert!(t.contains(
+            "ct status dnat ip saddr { 127.0.0.0/8, 10.42.0.0/16 } ip daddr . meta l4proto . th dport { 10.42.0.5 . tcp . 80, 10.42.0.5 . tcp . 9, 10.42.0.5 . udp . 53 } masquerade"
+        ));
+        let none = render(&Rules {
+            host_ports: Vec::new(),
+            ..r
+        });
+        assert!(!none.contains("ct status dnat"), "{none}");
         assert_eq!(t.matches("jump hostports").count(), 2);
     }
 }

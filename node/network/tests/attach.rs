@@ -60,6 +60,16 @@ impl Drop for Namespaces {
     }
 }
 
+/// A process this test started, killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn enter(path: &Path) {
     let f = std::fs::File::open(path).expect("opening the node namespace");
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -114,7 +124,9 @@ fn attach_detach_in_test_namespaces() {
     let a = net.attach("uid-a", &ns_a, &[]).unwrap();
     let attach_a = t.elapsed();
     let t = Instant::now();
-    let b = net.attach("uid-b", &ns_b, std::slice::from_ref(&web)).unwrap();
+    let b = net
+        .attach("uid-b", &ns_b, std::slice::from_ref(&web))
+        .unwrap();
     let attach_b = t.elapsed();
     let ip_a = a.ips[0].addr.to_string();
     let ip_b = b.ips[0].addr.to_string();
@@ -155,27 +167,48 @@ fn attach_detach_in_test_namespaces() {
         table.contains(&format!("tcp dport 18080 dnat to {ip_b}:8080")),
         "{table}"
     );
-    let server = Command::new("ip")
-        .args(["netns", "exec", &pod_b, "busybox", "nc", "-l", "-p", "8080"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut sent = false;
-    for _ in 0..20 {
-        let out = Command::new("sh")
-            .args(["-c", "echo via-hostport | busybox nc -w 2 127.0.0.1 18080"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            sent = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(sent, "could not connect to the hostPort");
-    let got = server.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "via-hostport");
+    let server = Child(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod_b,
+                "busybox",
+                "nc",
+                "-ll",
+                "-p",
+                "8080",
+                "-e",
+                "echo",
+                "via-hostport",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let reply = |cmd: &str| {
+        (0..25).find_map(|_| {
+            let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if s == "via-hostport" {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+    };
+    assert!(
+        reply("busybox nc -w 2 127.0.0.1 18080 </dev/null").is_some(),
+        "no answer through the hostPort on 127.0.0.1"
+    );
+    // Hairpin: pod a through the node's address to pod b's hostPort.
+    assert!(
+        reply(&format!(
+            "ip netns exec {pod_a} busybox nc -w 2 10.42.3.1 18080 </dev/null"
+        ))
+        .is_some(),
+        "no answer through the hostPort from a pod"
+    );
+    drop(server);
 
     // Detach: veth and address gone, host port out of the table; a second detach is a no-op.
     let t = Instant::now();
