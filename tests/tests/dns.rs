@@ -204,6 +204,13 @@ fn pods_resolve_services_through_the_embedded_dns() -> anyhow::Result<()> {
     );
     assert!(nslookup(&c, "missing.default.svc.cluster.local").is_empty());
 
+    // Metrics where the kube-dns Service says (metrics/9153).
+    let metrics = c.in_netns(&["busybox", "wget", "-qO-", "http://10.43.0.10:9153/metrics"])?;
+    assert!(
+        metrics.contains("coredns_dns_requests_total{proto=\"udp\"}"),
+        "{metrics}"
+    );
+
     c.ok(&["delete", "pod", "web", "db-0", "client", "--wait=true"])?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! everything else relayed to the upstream servers.
 
 use crate::cache::Cache;
+use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::upstream::Upstreams;
 use crate::zone::Lookup;
@@ -10,8 +11,11 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::{debug, debug_span, Instrument};
 
@@ -21,6 +25,7 @@ pub struct Handler {
     pub(crate) cache: Cache,
     /// Forwarded queries in flight at most.
     pub(crate) forwards: Semaphore,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -91,6 +96,19 @@ impl RequestHandler for Handler {
         request: &Request,
         response: R,
     ) -> ResponseInfo {
+        let counter = match request.protocol() {
+            Protocol::Udp => &self.metrics.requests_udp,
+            _ => &self.metrics.requests_tcp,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let info = self.answer(request, response).await;
+        self.metrics.response(info.response_code);
+        info
+    }
+}
+
+impl Handler {
+    async fn answer<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
         if request.metadata.op_code != OpCode::Query
             || request.metadata.message_type != MessageType::Query
         {
@@ -136,8 +154,13 @@ impl RequestHandler for Handler {
                 Lookup::Forward => {
                     let class = query.query_class();
                     let answer = match self.cache.get(&name, qtype, class) {
-                        Some(m) => Some(m),
+                        Some(m) => {
+                            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                            Some(m)
+                        }
                         None => {
+                            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.forwards.fetch_add(1, Ordering::Relaxed);
                             // As CoreDNS's forward max_concurrent: shed load rather than pile up.
                             let Ok(_permit) = self.forwards.try_acquire() else {
                                 return Self::error(request, response, ResponseCode::Refused).await;
@@ -148,6 +171,9 @@ impl RequestHandler for Handler {
                                 }),
                                 Err(e) => {
                                     debug!(error = %e, "forwarding failed");
+                                    self.metrics
+                                        .forward_failures
+                                        .fetch_add(1, Ordering::Relaxed);
                                     None
                                 }
                             }

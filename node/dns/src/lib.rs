@@ -10,6 +10,7 @@ mod cache;
 mod handler;
 pub mod iface;
 pub mod kube_dns;
+pub mod metrics;
 mod records;
 pub mod upstream;
 pub mod zone;
@@ -74,6 +75,8 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Per-upstream query timeout.
     pub upstream_timeout: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             dns_ip,
             upstreams,
             upstream_timeout: Duration::from_secs(2),
+            metrics: None,
         }
     }
 }
@@ -97,6 +101,8 @@ impl Config {
 pub struct DnsServer {
     addr: SocketAddr,
     server: hickory_server::Server<handler::Handler>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DnsServer {
@@ -104,20 +110,41 @@ impl DnsServer {
     pub async fn start(cfg: &Config, records: Records) -> Result<DnsServer, Error> {
         let (udp, tcp) = bind_pair(cfg.listen).await?;
         let addr = udp.local_addr().map_err(|e| Error::Bind(cfg.listen, e))?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (metrics_addr, metrics_task) = match cfg.metrics {
+            Some(at) => {
+                let listener = metrics::bind(at).await?;
+                let bound = listener.local_addr().map_err(|e| Error::Bind(at, e))?;
+                let task = tokio::spawn(metrics::serve(listener, metrics.clone(), records.clone()));
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
         let mut server = hickory_server::Server::new(handler::Handler {
             records,
             upstreams: Upstreams::new(cfg.upstreams.clone(), cfg.upstream_timeout),
             cache: cache::Cache::new(10_000),
             forwards: tokio::sync::Semaphore::new(1000),
+            metrics,
         });
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);
         info!(%addr, domain = %cfg.domain, upstreams = ?cfg.upstreams, "cluster DNS serving");
-        Ok(DnsServer { addr, server })
+        Ok(DnsServer {
+            addr,
+            server,
+            metrics_addr,
+            metrics_task,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Runs until the server stops (it does not on its own).
@@ -136,6 +163,9 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.server.shutdown_token().cancel();
+        if let Some(t) = &self.metrics_task {
+            t.abort();
+        }
     }
 }
 
@@ -173,6 +203,7 @@ pub async fn run_on_node(
         tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "could not create the kube-dns Service");
     }
     let records = Records::watch(client, domain, dns_ip, TTL).await?;
-    let cfg = Config::new(SocketAddr::new(dns_ip, 53), domain, dns_ip, upstreams);
+    let mut cfg = Config::new(SocketAddr::new(dns_ip, 53), domain, dns_ip, upstreams);
+    cfg.metrics = Some(SocketAddr::new(dns_ip, 9153));
     DnsServer::start(&cfg, records).await
 }

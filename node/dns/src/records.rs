@@ -6,6 +6,7 @@ use k3rs_client::informer::Informer;
 use k3rs_client::{Client, Resource};
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 use tracing::{debug, info_span, warn};
@@ -17,6 +18,7 @@ pub struct Records {
     domain: String,
     dns_ip: IpAddr,
     ttl: u32,
+    rebuilds: Arc<AtomicU64>,
 }
 
 impl Records {
@@ -34,6 +36,7 @@ impl Records {
             domain: domain.to_string(),
             dns_ip,
             ttl,
+            rebuilds: Arc::default(),
         })
     }
 
@@ -52,7 +55,13 @@ impl Records {
             Ok(mut z) => *z = Arc::new(zone),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(zone),
         }
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many times the zone was rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
     }
 
     /// Watches Services and EndpointSlices through `client` and rebuilds the zone after every

@@ -291,12 +291,13 @@ async fn serves_the_cluster_zone_from_watches_and_forwards_the_rest() {
     )
     .await
     .unwrap();
-    let cfg = Config::new(
+    let mut cfg = Config::new(
         "127.0.0.1:0".parse().unwrap(),
         "cluster.local",
         IpAddr::V4(DNS_IP),
         vec![upstream.addr],
     );
+    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
     let server = DnsServer::start(&cfg, records).await.unwrap();
     let at = server.local_addr();
     let r = resolver(at);
@@ -406,7 +407,7 @@ async fn serves_the_cluster_zone_from_watches_and_forwards_the_rest() {
         before + 1
     );
     assert_eq!(
-        lookup(&r, "nothing.invalid.", RecordType::A).await,
+        lookup(&r, "nothing.example.org.", RecordType::A).await,
         Err("NXDOMAIN".into())
     );
     assert_eq!(
@@ -535,7 +536,36 @@ async fn serves_the_cluster_zone_from_watches_and_forwards_the_rest() {
     })
     .await;
 
+    // Prometheus counters on the metrics port.
+    let metrics = http_get(server.metrics_addr().expect("metrics address"), "/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("coredns_dns_requests_total{proto=\"udp\"}") > 20);
+    assert!(value("coredns_dns_requests_total{proto=\"tcp\"}") >= 2);
+    assert!(value("coredns_dns_responses_total{rcode=\"NXDOMAIN\"}") >= 3);
+    assert!(value("coredns_cache_hits_total") >= 1);
+    assert!(value("coredns_forward_requests_total") >= 3);
+    assert!(value("k3rs_dns_zone_rebuilds_total") >= 3);
+    assert!(http_get(server.metrics_addr().unwrap(), "/other")
+        .await
+        .starts_with("HTTP/1.0 404"));
+
     server.shutdown().await.unwrap();
+}
+
+/// A whole HTTP/1.0 exchange (the server closes the connection after answering).
+async fn http_get(at: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
