@@ -1,7 +1,8 @@
 //! `cargo bench -p k3rs-proxy` (root, nft): with 1,000 Services (2 endpoints each) it prints
 //! render time, `nft -f` apply time of the whole table, and Service update propagation: an
 //! EndpointSlice change written to the API → the first connection through the ClusterIP that
-//! reaches the new endpoint (informer → coalescing → render → apply → packet).
+//! reaches the new endpoint (informer → coalescing → render → apply → packet). Then pod → pod IP
+//! vs pod → ClusterIP TCP throughput with iperf3 (same run, both through the node namespace).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -196,5 +197,73 @@ async fn run() {
         propagation,
     );
     drop(proxy);
+    throughput(&t, &nft);
     k3rs_proxy::cleanup(&nft).expect("cleanup");
+}
+
+/// Kills the iperf3 server when the benchmark ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(t: &Topology, to: &str) -> Option<f64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.pod(3),
+            "iperf3",
+            "-c",
+            to,
+            "-p",
+            "5201",
+            "-t",
+            "3",
+            "-J",
+        ])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64()
+}
+
+/// pod → pod IP vs pod → ClusterIP (1 endpoint) with iperf3, if it is installed.
+fn throughput(t: &Topology, nft: &Nft) {
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.pod(1), "iperf3", "-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(server) = server else {
+        println!("iperf3 not installed: no throughput numbers");
+        return;
+    };
+    let _server = Child(server);
+    let svc = json!({"metadata": {"namespace": "default", "name": "iperf"},
+        "spec": {"clusterIP": "10.43.200.1", "ports": [{"name": "http", "protocol": "TCP", "port": 5201}]}});
+    let mut sl = slice("iperf", &[1]);
+    sl["ports"][0]["port"] = json!(5201);
+    nft.apply(&render(
+        &ProxyConfig::new("n1", vec![NODE_IP]),
+        &[svc],
+        &[sl],
+    ))
+    .expect("apply");
+    std::thread::sleep(Duration::from_millis(300));
+    let direct = iperf(t, &Topology::pod_ip(1).to_string());
+    let via_service = iperf(t, "10.43.200.1");
+    match (direct, via_service) {
+        (Some(d), Some(s)) => println!(
+            "throughput pod → pod IP {:.2} Gbit/s, pod → ClusterIP {:.2} Gbit/s (ratio {:.2})",
+            d / 1e9,
+            s / 1e9,
+            s / d
+        ),
+        _ => println!("iperf3 failed: no throughput numbers"),
+    }
 }
