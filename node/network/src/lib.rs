@@ -80,6 +80,9 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// IPAM state: `<agent dir>/ipam`.
     pub ipam_dir: PathBuf,
+    /// Other state: `<agent dir>/network` (`hostports/<pod uid>`, so a restarted daemon
+    /// publishes running pods' hostPorts again before each pod syncs).
+    pub state_dir: PathBuf,
 }
 
 impl NetworkConfig {
@@ -90,6 +93,7 @@ impl NetworkConfig {
             bridge: BRIDGE.into(),
             mtu: DEFAULT_MTU,
             ipam_dir: agent_dir.join("ipam"),
+            state_dir: agent_dir.join("network"),
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct PodNetwork {
     cfg: NetworkConfig,
     ipam: Ipam,
     pods: Mutex<BTreeMap<String, Attached>>,
+    /// hostPorts of pods attached by an earlier process and not attached again yet.
+    restored: Mutex<BTreeMap<String, (IpAddr, Vec<HostPort>)>>,
     /// The last table text loaded; rules are only re-applied when it changes.
     rendered: Mutex<String>,
 }
@@ -152,10 +158,32 @@ impl PodNetwork {
             &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", cfg.bridge),
             "1",
         )?;
+        let hostports = cfg.state_dir.join("hostports");
+        std::fs::create_dir_all(&hostports)
+            .map_err(io_err(format!("creating {}", hostports.display())))?;
+        let mut restored = BTreeMap::new();
+        for e in std::fs::read_dir(&hostports)
+            .map_err(io_err(format!("reading {}", hostports.display())))?
+            .flatten()
+        {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            let ports = std::fs::read_to_string(e.path())
+                .map(|t| parse_host_ports(&t))
+                .unwrap_or_default();
+            match ipam.get(&uid) {
+                Some(ip) if !ports.is_empty() => {
+                    restored.insert(uid, (ip, ports));
+                }
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let net = PodNetwork {
             cfg,
             ipam,
             pods: Mutex::new(BTreeMap::new()),
+            restored: Mutex::new(restored),
             rendered: Mutex::new(String::new()),
         };
         net.sync_rules()?;
@@ -193,8 +221,9 @@ impl PodNetwork {
             if a.host_ports == ports {
                 return Ok(a.addrs.clone());
             }
-            a.host_ports = ports;
+            a.host_ports = ports.clone();
             let addrs = a.addrs.clone();
+            self.save_host_ports(pod_uid, &ports)?;
             self.sync_rules()?;
             return Ok(addrs);
         }
@@ -236,7 +265,14 @@ impl PodNetwork {
             gateways: vec![gateway],
             host_veth: host,
         };
-        let had_ports = !ports.is_empty();
+        self.save_host_ports(pod_uid, &ports)?;
+        let had_ports = !ports.is_empty()
+            || self
+                .restored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(pod_uid)
+                .is_some();
         self.lock_pods().insert(
             pod_uid.to_string(),
             Attached {
@@ -263,10 +299,17 @@ impl PodNetwork {
         let _span = info_span!("detach", pod_uid).entered();
         let started = Instant::now();
         let had = self.lock_pods().remove(pod_uid);
+        let had_restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod_uid)
+            .is_some();
+        self.save_host_ports(pod_uid, &[])?;
         let host = veth_name(pod_uid);
         let removed = link::run(None, move |h| async move { link::delete(&h, &host).await })?;
         let freed = self.ipam.release(pod_uid)?;
-        if had.is_some_and(|a| !a.host_ports.is_empty()) {
+        if had_restored || had.is_some_and(|a| !a.host_ports.is_empty()) {
             self.sync_rules()?;
         }
         if removed || !freed.is_empty() {
@@ -316,20 +359,40 @@ impl PodNetwork {
         Ok(gone)
     }
 
-    /// Renders the table from the attached pods and loads it when the text changed.
+    /// Writes (or, for none, removes) the pod's hostPorts file.
+    fn save_host_ports(&self, pod_uid: &str, ports: &[HostPort]) -> Result<()> {
+        let path = self.cfg.state_dir.join("hostports").join(pod_uid);
+        if ports.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(io_err(format!("removing {}", path.display()))(e))
+                }
+                _ => Ok(()),
+            };
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format_host_ports(ports))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    /// Renders the table from the attached (and restored) pods and loads it when the text
+    /// changed.
     fn sync_rules(&self) -> Result<()> {
-        let host_ports = self
-            .lock_pods()
-            .values()
-            .filter(|a| !a.host_ports.is_empty())
-            .filter_map(|a| {
-                a.addrs
-                    .ips
-                    .iter()
-                    .find(|c| c.addr.is_ipv4())
-                    .map(|c| (c.addr, a.host_ports.clone()))
-            })
-            .collect();
+        let mut by_uid: BTreeMap<String, (IpAddr, Vec<HostPort>)> = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (uid, a) in self.lock_pods().iter() {
+            by_uid.remove(uid);
+            if let Some(c) = a.addrs.ips.iter().find(|c| c.addr.is_ipv4()) {
+                if !a.host_ports.is_empty() {
+                    by_uid.insert(uid.clone(), (c.addr, a.host_ports.clone()));
+                }
+            }
+        }
+        let host_ports = by_uid.into_values().collect();
         let text = nft::render(&nft::Rules {
             cluster_cidr: self.cfg.cluster_cidr,
             bridge: self.cfg.bridge.clone(),
@@ -346,6 +409,46 @@ impl PodNetwork {
     }
 }
 
+/// One line per port: `tcp|udp <hostPort> <containerPort> <hostIP or ->`.
+fn format_host_ports(ports: &[HostPort]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            let proto = match p.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            let ip = p.host_ip.map_or("-".to_string(), |i| i.to_string());
+            format!("{proto} {} {} {ip}\n", p.host_port, p.container_port)
+        })
+        .collect()
+}
+
+fn parse_host_ports(text: &str) -> Vec<HostPort> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let protocol = match f.next()? {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => return None,
+            };
+            let host_port = f.next()?.parse().ok()?;
+            let container_port = f.next()?.parse().ok()?;
+            let host_ip = match f.next()? {
+                "-" => None,
+                ip => Some(ip.parse().ok()?),
+            };
+            Some(HostPort {
+                protocol,
+                host_port,
+                container_port,
+                host_ip,
+            })
+        })
+        .collect()
+}
+
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
         return Ok(());
@@ -353,9 +456,9 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(io_err(format!("writing {path}")))
 }
 
-/// Removes the bridge, every veth on it, the nftables table and, when given, the IPAM state —
-/// for tests and an uninstall (`k3rs killall`).
-pub fn cleanup(bridge: &str, ipam_dir: Option<&Path>) -> Result<()> {
+/// Removes the bridge, every veth on it, the nftables table and the given state directories
+/// (IPAM, network state) — for tests and an uninstall (`k3rs killall`).
+pub fn cleanup(bridge: &str, state_dirs: &[&Path]) -> Result<()> {
     let bridge = bridge.to_string();
     link::run(None, move |h| async move {
         if let Some(br) = link::index(&h, &bridge).await? {
@@ -370,7 +473,7 @@ pub fn cleanup(bridge: &str, ipam_dir: Option<&Path>) -> Result<()> {
         warn!(error = %e, "removing the nftables table");
         return Err(e);
     }
-    if let Some(dir) = ipam_dir {
+    for dir in state_dirs {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err(format!("removing {}", dir.display()))(e))
@@ -393,5 +496,27 @@ mod tests {
         assert!(a[4..].chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(a, veth_name("0b4f6c1e-8a2d-4c59-9e61-3f1a2b3c4d5e"));
         assert_ne!(a, veth_name("another"));
+    }
+
+    #[test]
+    fn host_ports_file_round_trips() {
+        let ports = vec![
+            HostPort {
+                protocol: Protocol::Tcp,
+                host_port: 8080,
+                container_port: 80,
+                host_ip: None,
+            },
+            HostPort {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host_ip: Some("10.0.0.1".parse().unwrap()),
+            },
+        ];
+        let text = format_host_ports(&ports);
+        assert_eq!(text, "tcp 8080 80 -\nudp 5353 53 10.0.0.1\n");
+        assert_eq!(parse_host_ports(&text), ports);
+        assert!(parse_host_ports("sctp 1 2 -\ngarbage\n").is_empty());
     }
 }

@@ -104,6 +104,7 @@ fn attach_detach_in_test_namespaces() {
         state.path(),
     );
     let ipam_dir = cfg.ipam_dir.clone();
+    let state_dir = cfg.state_dir.clone();
     let net = PodNetwork::setup(cfg.clone()).unwrap();
     let addrs = ok(&["ip", "-4", "addr", "show", "cni0"]);
     assert!(addrs.contains("10.42.3.1/24"), "{addrs}");
@@ -226,23 +227,41 @@ fn attach_detach_in_test_namespaces() {
     assert!(!sh(&["ip", "link", "show", &a.host_veth]).status.success());
     assert!(!ipam_dir.join(&ip_a).exists());
 
-    // Orphans after a "restart": a fresh PodNetwork releases what no live pod owns.
-    let c = net.attach("uid-c", &ns_b, &[]).unwrap();
+    // A "restart": a fresh PodNetwork publishes the hostPorts of pods attached before, keeps a
+    // running pod's link and address on re-attach, and releases what no live pod owns.
+    let c = net
+        .attach("uid-c", &ns_b, std::slice::from_ref(&web))
+        .unwrap();
     drop(net);
+    ok(&["nft", "delete", "table", "ip", "k3rs-net"]);
     let net = PodNetwork::setup(cfg).unwrap();
+    let table = ok(&["nft", "list", "table", "ip", "k3rs-net"]);
+    let dnat = format!("tcp dport 18080 dnat to {}:8080", c.ips[0].addr);
+    assert!(table.contains(&dnat), "{table}");
+    let t = Instant::now();
+    assert_eq!(
+        net.attach("uid-c", &ns_b, std::slice::from_ref(&web))
+            .unwrap(),
+        c
+    );
+    let reattach = t.elapsed();
     let released = net
         .remove_orphans(&std::collections::HashSet::new())
         .unwrap();
     assert_eq!(released, vec!["uid-c".to_string()]);
     assert!(!sh(&["ip", "link", "show", &c.host_veth]).status.success());
+    let table = ok(&["nft", "list", "table", "ip", "k3rs-net"]);
+    assert!(!table.contains("dnat to"), "{table}");
+    assert!(!state_dir.join("hostports/uid-c").exists());
 
-    cleanup("cni0", Some(&ipam_dir)).unwrap();
+    cleanup("cni0", &[&ipam_dir, &state_dir]).unwrap();
     assert!(!sh(&["ip", "link", "show", "cni0"]).status.success());
     assert!(!sh(&["nft", "list", "table", "ip", "k3rs-net"])
         .status
         .success());
     assert!(!ipam_dir.exists());
+    assert!(!state_dir.exists());
     eprintln!(
-        "attach: first {attach_a:?}, with hostPort {attach_b:?}, repeated {again:?}; detach {detach_b:?}"
+        "attach: first {attach_a:?}, with hostPort {attach_b:?}, repeated {again:?}, after a restart {reattach:?}; detach {detach_b:?}"
     );
 }
