@@ -328,6 +328,34 @@ fn failing_liveness_probe_restarts_the_container() -> anyhow::Result<()> {
         gap >= 2,
         "app started {gap}s after the sidecar, before its startup probe passed"
     );
+
+    // An exec probe that hangs fails at timeoutSeconds, and its process does not pile up.
+    let body = r#"  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    readinessProbe:
+      exec: {command: ["sleep", "30"]}
+      timeoutSeconds: 1
+      periodSeconds: 1
+"#;
+    c.kubectl_stdin(None, &["apply", "-f", "-"], &pod_yaml("hang", &node, body))?;
+    let timed_out = eventually(Duration::from_secs(30), || {
+        events_for(&c, "hang").into_iter().find(|e| {
+            e["reason"] == "Unhealthy" && e["message"].as_str().unwrap_or("").contains("timed out")
+        })
+    });
+    assert!(timed_out.is_some(), "{:?}", events_for(&c, "hang"));
+    std::thread::sleep(Duration::from_secs(4));
+    let ps = c.ok(&["exec", "hang", "--", "ps"])?;
+    let hanging = ps.lines().filter(|l| l.contains("sleep 30")).count();
+    assert!(
+        hanging <= 1,
+        "timed-out probes left processes behind:\n{ps}"
+    );
+    assert_eq!(condition(&c, "hang", "Ready"), "False");
     Ok(())
 }
 

@@ -1037,6 +1037,9 @@ async fn exec(target: &Target, command: &[String], timeout: Duration) -> Result<
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() >= deadline => {
+                    // The command runs as the exec shim's child: kill it (and what it started)
+                    // too, so a hanging probe does not leave a process behind every period.
+                    kill_descendants(child.id());
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!("command \"{cmd}\" timed out"));
@@ -1066,6 +1069,44 @@ async fn exec(target: &Target, command: &[String], timeout: Duration) -> Result<
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// Every descendant of `pid` (from `/proc/<pid>/task/*/children`), parents first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    let mut next = 0;
+    let mut current = pid;
+    loop {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{current}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        if next >= out.len() || out.len() > 4096 {
+            return out;
+        }
+        current = out[next];
+        next += 1;
+    }
+}
+
+/// SIGKILLs every descendant of `pid`: the whole tree is read first, so none is reparented
+/// away before it is found.
+fn kill_descendants(pid: u32) {
+    for c in descendants(pid) {
+        if let Some(p) = i32::try_from(c)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Redirects an httpGet probe follows, as upstream's client.
@@ -1763,6 +1804,33 @@ mod tests {
             p.status(&json!({"name": "a", "startupProbe": exec}), "id"),
             (false, false)
         );
+    }
+
+    #[test]
+    fn timed_out_commands_leave_no_processes() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & (sleep 30 & wait) & wait"])
+            .spawn()
+            .unwrap();
+        let mut tree = Vec::new();
+        for _ in 0..200 {
+            tree = descendants(sh.id());
+            if tree.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(tree.len() >= 3, "sleep, subshell, its sleep: {tree:?}");
+        kill_descendants(sh.id());
+        let _ = sh.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        for p in tree {
+            let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let alive = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+            assert!(!alive, "{p} survived: {state}");
+        }
     }
 
     #[test]
