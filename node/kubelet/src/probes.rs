@@ -978,7 +978,7 @@ async fn run_handler(handler: &Handler, target: &Target, timeout: Duration) -> R
         }
         Handler::Grpc { port, service } => {
             let host = target.host(&None)?;
-            crate::probes::grpc::check(&host, *port, service, timeout).await
+            grpc::check(&host, *port, service, timeout).await
         }
         Handler::Invalid(e) => Err(e.clone()),
         Handler::Sleep(d) => {
