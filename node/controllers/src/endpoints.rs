@@ -123,8 +123,9 @@ impl EndpointsController {
         let svc_ports: Vec<Value> = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
         // Endpoints: pods grouped by their resolved port list.
         let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
-        let mut slice_eps = Vec::new();
-        let mut slice_ports: Option<Vec<Value>> = None;
+        // EndpointSlices: one per distinct resolved port list (pods whose named target port
+        // resolves to different numbers cannot share a slice), as upstream.
+        let mut slice_groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
         for p in &pods {
             let ports: Vec<Value> = svc_ports
                 .iter()
@@ -174,8 +175,11 @@ impl EndpointsController {
             if let Some(h) = hostname {
                 ep["hostname"] = json!(h);
             }
-            slice_eps.push(ep);
-            slice_ports.get_or_insert(ports);
+            slice_groups
+                .entry(serde_json::to_string(&ports).unwrap_or_default())
+                .or_insert_with(|| (ports, Vec::new()))
+                .1
+                .push(ep);
         }
         let subsets: Vec<Value> = subsets
             .into_values()
@@ -191,8 +195,9 @@ impl EndpointsController {
             })
             .collect();
         self.write_endpoints(&svc, ns, name, subsets).await?;
-        let ports = slice_ports.unwrap_or_else(|| {
-            svc_ports
+        let mut groups: Vec<(Vec<Value>, Vec<Value>)> = slice_groups.into_values().collect();
+        if groups.is_empty() {
+            let ports = svc_ports
                 .iter()
                 .map(|sp| {
                     let mut o = json!({"protocol": sp["protocol"].as_str().unwrap_or("TCP")});
@@ -201,9 +206,10 @@ impl EndpointsController {
                     }
                     o
                 })
-                .collect()
-        });
-        self.write_slice(&svc, ns, name, slice_eps, ports).await
+                .collect();
+            groups.push((ports, Vec::new()));
+        }
+        self.write_slices(&svc, ns, name, groups).await
     }
 
     async fn write_endpoints(
@@ -253,16 +259,17 @@ impl EndpointsController {
         Ok(())
     }
 
-    async fn write_slice(
+    /// Makes the Service's slices match `groups` (ports, endpoints): a slice with the same
+    /// ports is updated in place, leftover slices are reused, then created or deleted.
+    async fn write_slices(
         &self,
         svc: &Value,
         ns: &str,
         name: &str,
-        endpoints: Vec<Value>,
-        ports: Vec<Value>,
+        groups: Vec<(Vec<Value>, Vec<Value>)>,
     ) -> Result<(), Error> {
         let r = slice_resource();
-        let existing: Vec<Value> = self
+        let mut unused: Vec<Value> = self
             .ctx
             .endpointslices
             .list(Some(ns))
@@ -272,52 +279,77 @@ impl EndpointsController {
                     && s["metadata"]["labels"][MANAGED_BY] == SLICE_MANAGER
             })
             .collect();
+        unused.sort_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        });
         let mut labels = svc["metadata"]["labels"]
             .as_object()
             .cloned()
             .unwrap_or_default();
         labels.insert(SERVICE_NAME.into(), json!(name));
         labels.insert(MANAGED_BY.into(), json!(SLICE_MANAGER));
-        match existing.first() {
-            None => {
-                let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                    "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels,
-                        "ownerReferences": [selector::owner_ref("v1", "Service", svc)]},
-                    "addressType": "IPv4", "endpoints": endpoints, "ports": ports});
-                let o = self
-                    .ctx
-                    .client
-                    .create(&r, Some(ns), slice, SLICE_MANAGER)
-                    .await
-                    .map_err(|e| Error::Api("creating an endpoint slice", e))?;
-                self.ctx.endpointslices.observe(&o);
+        let mut plan: Vec<(Option<Value>, Vec<Value>, Vec<Value>)> = Vec::new();
+        let mut pending = Vec::new();
+        for (ports, endpoints) in groups {
+            match unused.iter().position(|s| s["ports"] == json!(ports)) {
+                Some(i) => plan.push((Some(unused.remove(i)), ports, endpoints)),
+                None => pending.push((ports, endpoints)),
             }
-            Some(cur) => {
-                let same = cur.get("endpoints").cloned().unwrap_or(json!([])) == json!(endpoints)
-                    && cur.get("ports").cloned().unwrap_or(json!([])) == json!(ports)
-                    && cur["metadata"]["labels"].as_object() == Some(&labels);
-                if !same {
-                    let mut o = cur.clone();
-                    o["endpoints"] = json!(endpoints);
-                    o["ports"] = json!(ports);
-                    o["metadata"]["labels"] = json!(labels);
-                    let sn = cur["metadata"]["name"].as_str().unwrap_or("").to_string();
+        }
+        for (ports, endpoints) in pending {
+            let cur = (!unused.is_empty()).then(|| unused.remove(0));
+            plan.push((cur, ports, endpoints));
+        }
+        for (cur, ports, endpoints) in plan {
+            match cur {
+                None => {
+                    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels,
+                            "ownerReferences": [selector::owner_ref("v1", "Service", svc)]},
+                        "addressType": "IPv4", "endpoints": endpoints, "ports": ports});
                     let o = self
                         .ctx
                         .client
-                        .replace(&r, Some(ns), &sn, o, None, SLICE_MANAGER)
+                        .create(&r, Some(ns), slice, SLICE_MANAGER)
                         .await
-                        .map_err(|e| Error::Api("updating an endpoint slice", e))?;
+                        .map_err(|e| Error::Api("creating an endpoint slice", e))?;
                     self.ctx.endpointslices.observe(&o);
                 }
-                for extra in existing.iter().skip(1) {
-                    let sn = extra["metadata"]["name"].as_str().unwrap_or("");
-                    let _ = self
-                        .ctx
-                        .client
-                        .delete(&r, Some(ns), sn, &DeleteParams::default())
-                        .await;
+                Some(cur) => {
+                    let same = cur.get("endpoints").cloned().unwrap_or(json!([]))
+                        == json!(endpoints)
+                        && cur.get("ports").cloned().unwrap_or(json!([])) == json!(ports)
+                        && cur["metadata"]["labels"].as_object() == Some(&labels);
+                    if !same {
+                        let mut o = cur.clone();
+                        o["endpoints"] = json!(endpoints);
+                        o["ports"] = json!(ports);
+                        o["metadata"]["labels"] = json!(labels);
+                        let sn = cur["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let o = self
+                            .ctx
+                            .client
+                            .replace(&r, Some(ns), &sn, o, None, SLICE_MANAGER)
+                            .await
+                            .map_err(|e| Error::Api("updating an endpoint slice", e))?;
+                        self.ctx.endpointslices.observe(&o);
+                    }
                 }
+            }
+        }
+        for extra in unused {
+            let sn = extra["metadata"]["name"].as_str().unwrap_or("");
+            match self
+                .ctx
+                .client
+                .delete(&r, Some(ns), sn, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(Error::Api("deleting an endpoint slice", e)),
             }
         }
         Ok(())
