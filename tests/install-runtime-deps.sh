@@ -2,8 +2,8 @@
 # Installs what the container runtime and image store tests need (idempotent):
 # busybox-static (the test image), docker-registry (a local registry on 127.0.0.1 for pull tests),
 # runc (the benchmark's baseline), libseccomp-dev (libcontainer's seccomp support links it),
-# nftables (pod networking and NetworkPolicy tables), bind9-dnsutils (dig against cluster DNS),
-# iperf3 (pod-to-pod throughput), dnsperf (cluster DNS benchmark), iproute2 (`ip netns` for the
+# nftables (pod networking, Services and NetworkPolicy tables), bind9-dnsutils (dig against cluster DNS),
+# iperf3 (pod-to-pod and pod-to-Service throughput), dnsperf (cluster DNS benchmark), iproute2 (`ip netns` for the
 # network namespaces node clusters run in).
 set -euo pipefail
 pkgs=(busybox-static docker-registry runc libseccomp-dev nftables bind9-dnsutils iperf3 dnsperf iproute2)
