@@ -1,8 +1,9 @@
 //! Cluster DNS through real kubectl and pods: the embedded server answers on 10.43.0.10 from
 //! inside pods (busybox `nslookup`: a ClusterIP service by short name, a headless service and a
-//! pod's name under it, `kubernetes.default`), from the node's own namespace (`dig`), and pods get
-//! the search path and `ndots:5`. Only cluster names are asked, so nothing is forwarded off the
-//! node. Needs root.
+//! pod's name under it, SRV, `kubernetes.default`), pods connect to services by name (ClusterIP
+//! through the proxy, headless straight to the pod), `dig` works from the node's own namespace,
+//! pods get the search path and `ndots:5`, and metrics answer on :9153. Only cluster names are
+//! asked and the node has no upstream, so nothing is forwarded off the machine. Needs root.
 
 use k3rs_e2e::{eventually, Cluster};
 use std::time::Duration;
@@ -38,7 +39,7 @@ metadata: {name: web, labels: {app: web}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: web, image: busybox:test, imagePullPolicy: Never, command: ["sleep", "3600"]}
+  - {name: web, image: busybox:test, imagePullPolicy: Never, command: ["nc", "-ll", "-p", "8080", "-e", "echo", "hello-from-web"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -48,7 +49,7 @@ spec:
   subdomain: db
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: db, image: busybox:test, imagePullPolicy: Never, command: ["sleep", "3600"]}
+  - {name: db, image: busybox:test, imagePullPolicy: Never, command: ["nc", "-ll", "-p", "5432", "-e", "echo", "hello-from-db"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -203,6 +204,45 @@ fn pods_resolve_services_through_the_embedded_dns() -> anyhow::Result<()> {
         vec!["10.43.9.9"]
     );
     assert!(nslookup(&c, "missing.default.svc.cluster.local").is_empty());
+
+    // SRV from a pod.
+    let srv = c
+        .kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "busybox",
+            "nslookup",
+            "-type=SRV",
+            "_pg._tcp.db.default.svc.cluster.local",
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        srv.contains("5432 db-0.db.default.svc.cluster.local"),
+        "{srv}"
+    );
+
+    // Connections by name: the ClusterIP service through the proxy, the headless one straight to
+    // the pod (libc resolver, search path).
+    let nc = |target: &str, port: &str| {
+        c.kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!("nc -w 3 {target} {port} </dev/null"),
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+    };
+    let via_service = eventually(Duration::from_secs(20), || {
+        Some(nc("web", "80")).filter(|s| !s.is_empty())
+    });
+    assert_eq!(via_service.as_deref(), Some("hello-from-web"));
+    assert_eq!(nc("db", "5432"), "hello-from-db");
+    assert_eq!(nc("db-0.db", "5432"), "hello-from-db");
 
     // Metrics where the kube-dns Service says (metrics/9153).
     let metrics = c.in_netns(&["busybox", "wget", "-qO-", "http://10.43.0.10:9153/metrics"])?;
