@@ -10,7 +10,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::Resolver;
 use k3rs_apiserver::local_client::LocalClient;
 use k3rs_apiserver::{Api, ServerInfo};
-use k3rs_client::{Client, DeleteParams, Resource};
+use k3rs_client::{Client, DeleteParams, Patch, Resource};
 use k3rs_dns::{Config, DnsServer, Records};
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -521,6 +521,26 @@ async fn serves_the_cluster_zone_from_watches_and_forwards_the_rest() {
             .await
             .map(|a| a.len())
             == Ok(3)
+    })
+    .await;
+    // An endpoint that stops being ready leaves the answer.
+    c.patch(
+        &slices(),
+        Some("default"),
+        "db-2",
+        Patch::Merge(
+            json!({"endpoints": [{"addresses": ["10.42.0.8"], "conditions": {"ready": false}}]}),
+        ),
+        None,
+        "test",
+    )
+    .await
+    .unwrap();
+    eventually("the endpoint going unready", || async {
+        lookup(&r, "db.default.svc.cluster.local.", RecordType::A)
+            .await
+            .map(|a| a.len())
+            == Ok(2)
     })
     .await;
     c.delete(
