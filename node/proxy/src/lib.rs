@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     pub local_service_ips: Vec<Ipv4Addr>,
     /// At most one sync per this period (kube-proxy's minSyncPeriod).
     pub min_sync_period: Duration,
+    /// How often an idle proxy checks that its table still exists (re-created if not).
+    pub table_check_period: Duration,
 }
 
 impl ProxyConfig {
@@ -54,6 +56,7 @@ impl ProxyConfig {
             },
             local_service_ips: vec![Ipv4Addr::new(10, 43, 0, 10)],
             min_sync_period: Duration::from_millis(100),
+            table_check_period: Duration::from_secs(60),
         }
     }
 }
@@ -201,6 +204,21 @@ async fn sync_loop(
                 }
             }
         }
-        dirty.notified().await;
+        // Wait for a change; once a minute, check the table is still there (something may
+        // have flushed the ruleset) and re-create it if not.
+        loop {
+            if tokio::time::timeout(config.table_check_period, dirty.notified())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let n = nft.clone();
+            if let Ok(Ok(false)) = tokio::task::spawn_blocking(move || n.table_exists()).await {
+                warn!("the service table went away; re-creating it");
+                last = None;
+                break;
+            }
+        }
     }
 }

@@ -85,6 +85,15 @@ impl Nft {
         }
     }
 
+    /// Whether the table exists (`list tables`: cheap, whatever the table holds).
+    pub fn table_exists(&self) -> Result<bool, Error> {
+        let want = format!("table ip {TABLE}");
+        Ok(self
+            .run(&["list", "tables"], None)?
+            .lines()
+            .any(|l| l.trim() == want))
+    }
+
     /// One chain of the table as nft prints it.
     pub fn list_chain(&self, chain: &str) -> Result<String, Error> {
         self.run(&["list", "chain", "ip", TABLE, chain], None)
