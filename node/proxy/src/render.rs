@@ -603,7 +603,7 @@ mod tests {
     fn node_ports_and_load_balancer_ips_masquerade_external_traffic() {
         let mut lb = svc(
             "lb",
-            json!({"clusterIP": "10.43.0.22", "type": "LoadBalancer",
+            json!({"clusterIP": "10.43.0.22", "type": "LoadBalancer", "externalIPs": ["203.0.113.9"],
             "ports": [{"port": 8000, "protocol": "TCP", "nodePort": 30022}]}),
         );
         lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.5.1"}]}});
@@ -617,9 +617,27 @@ mod tests {
             element_verdict(&text, "192.168.5.1 . tcp . 8000"),
             Some(ext.clone())
         );
+        assert_eq!(
+            element_verdict(&text, "203.0.113.9 . tcp . 8000"),
+            Some(ext.clone()),
+            "externalIPs"
+        );
         let rules = chain(&text, ext.strip_prefix("goto ").unwrap());
         assert_eq!(rules[0], "jump mark-for-masquerade");
         assert!(rules[1].starts_with("goto svc-"));
+        // Without the LoadBalancer type, status ingress IPs are not used.
+        let mut np = svc(
+            "np",
+            json!({"clusterIP": "10.43.0.26", "type": "NodePort",
+            "ports": [{"port": 8000, "protocol": "TCP", "nodePort": 30026}]}),
+        );
+        np["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.5.1"}]}});
+        let text = render(
+            &config(),
+            &[np],
+            &[slice("np", &[("10.42.0.5", "n1", true)])],
+        );
+        assert!(element_verdict(&text, "192.168.5.1 . tcp . 8000").is_none());
     }
 
     #[test]

@@ -78,7 +78,16 @@ fn cluster_ip_node_port_and_load_balancer_ip_carry_tcp_and_udp() {
         "web",
         &[(1, "n1", true, true, false), (2, "n1", true, true, false)],
     )];
-    let text = render(&config(), &[lb], &slices);
+    // An SCTP Service too: the kernel takes the whole ruleset, whatever the protocols.
+    let sctp = service(
+        "sctp",
+        json!({"clusterIP": "10.43.0.29", "ports": [{"name": "s", "protocol": "SCTP", "port": 9}]}),
+    );
+    let mut sctp_slice = slice("sctp", &[(1, "n1", true, true, false)]);
+    sctp_slice["ports"] = json!([{"name": "s", "protocol": "SCTP", "port": 9999}]);
+    let text = render(&config(), &[lb, sctp], &[slices[0].clone(), sctp_slice]);
+    assert!(text.contains("10.43.0.29 . sctp . 9 : goto svc-"));
+    assert!(text.contains("meta l4proto sctp dnat to 10.42.1.2:9999"));
     nft.check(&text).expect("nft -c accepts the ruleset");
     nft.apply(&text).expect("apply");
 
