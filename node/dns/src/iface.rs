@@ -69,19 +69,44 @@ pub async fn ensure_interface(name: &str, ip: IpAddr) -> Result<(), Error> {
     result
 }
 
-/// Removes the interface (tests; a node keeps it across restarts).
-pub async fn remove_interface(name: &str) -> Result<(), Error> {
+/// Removes the interface, and `ip` from `lo` where a kernel without the dummy driver made
+/// [`ensure_interface`] put it (`k3rs killall`, tests; a node keeps both across restarts).
+pub async fn remove_interface(name: &str, ip: IpAddr) -> Result<(), Error> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
     let conn = tokio::spawn(conn);
-    let result = match link_index(&handle, name).await {
-        Some(index) => handle
-            .link()
-            .del(index)
-            .execute()
+    let result = async {
+        if let Some(index) = link_index(&handle, name).await {
+            handle
+                .link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(|e| Error::Netlink("deleting the interface", e))?;
+        }
+        let Some(lo) = link_index(&handle, "lo").await else {
+            return Ok(());
+        };
+        let mut addrs = handle
+            .address()
+            .get()
+            .set_link_index_filter(lo)
+            .set_address_filter(ip)
+            .execute();
+        while let Some(msg) = addrs
+            .try_next()
             .await
-            .map_err(|e| Error::Netlink("deleting the interface", e)),
-        None => Ok(()),
-    };
+            .map_err(|e| Error::Netlink("listing the addresses of lo", e))?
+        {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| Error::Netlink("removing the DNS address from lo", e))?;
+        }
+        Ok(())
+    }
+    .await;
     conn.abort();
     result
 }

@@ -1,6 +1,7 @@
 //! `k3rs`: one multi-call binary — `server`, `agent`, `kubectl` passthrough.
 
 mod config;
+mod killall;
 mod server;
 
 use anyhow::{Context, Result};
@@ -22,6 +23,21 @@ enum Command {
     Agent,
     /// Appliance: ask PID 1 to stop the node, unmount and power off.
     Poweroff,
+    /// Stop the node and its containers and remove the bridge, veths, nftables tables and DNS
+    /// interface it created (K3s's k3s-killall.sh). The datastore, certificates and images stay.
+    Killall {
+        /// The data dir of the node.
+        #[arg(
+            short = 'd',
+            long,
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs"
+        )]
+        data_dir: std::path::PathBuf,
+        /// The cluster DNS address the server was started with.
+        #[arg(long, default_value = "10.43.0.10")]
+        cluster_dns: std::net::IpAddr,
+    },
     /// Manage the node's image store: import airgap archives, list, remove.
     Images {
         /// The data dir of the node.
@@ -121,6 +137,10 @@ fn main() -> ExitCode {
         )),
         Command::Kubectl { args } => kubectl(args),
         Command::Images { data_dir, action } => images(&data_dir, action),
+        Command::Killall {
+            data_dir,
+            cluster_dns,
+        } => killall::run(&data_dir, cluster_dns),
         Command::Poweroff => k3rs_init::request_poweroff().map_err(anyhow::Error::from),
     };
     match result {
