@@ -3,6 +3,7 @@
 //! has one, else InternalIP) in `status.loadBalancer.ingress`; the service proxy answers on
 //! `<node IP>:<service port>`. As in K3s, where the svclb pods' host ports would collide, a
 //! Service asking for a port an older LoadBalancer Service already holds stays `<pending>`.
+//! Once any node carries `svccontroller.k3s.cattle.io/enablelb=true`, only such nodes are used.
 
 use crate::informer::{key_of, Informer, Queue};
 use crate::selector::split_key;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use tracing::{info, info_span, Instrument};
 
 const MANAGER: &str = "service-lb-controller";
+/// K3s's node label choosing which nodes serve LoadBalancer Services.
+pub const ENABLE_LB: &str = "svccontroller.k3s.cattle.io/enablelb";
 
 #[derive(Clone)]
 pub struct ServiceLbController {
@@ -107,7 +110,8 @@ impl ServiceLbController {
         }));
         let m = me.clone();
         me.nodes.on_change(Box::new(move |old, new| {
-            if old.map(node_ips) != new.map(node_ips) {
+            let lb = |n: &Value| n["metadata"]["labels"][ENABLE_LB].clone();
+            if old.map(node_ips) != new.map(node_ips) || old.map(lb) != new.map(lb) {
                 m.enqueue_all();
             }
         }));
@@ -155,7 +159,16 @@ impl ServiceLbController {
         if blocked {
             return Vec::new();
         }
-        let ips: BTreeSet<String> = self.nodes.list(None).iter().flat_map(node_ips).collect();
+        let nodes = self.nodes.list(None);
+        // As K3s: once any node is labelled enablelb=true, only labelled nodes take LB traffic.
+        let pool = nodes
+            .iter()
+            .any(|n| n["metadata"]["labels"][ENABLE_LB] == "true");
+        let ips: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| !pool || n["metadata"]["labels"][ENABLE_LB] == "true")
+            .flat_map(node_ips)
+            .collect();
         ips.into_iter().map(|ip| json!({"ip": ip})).collect()
     }
 

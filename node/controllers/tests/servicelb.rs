@@ -95,6 +95,52 @@ async fn load_balancers_get_the_node_ips_and_port_clashes_wait() {
     .await
     .expect("delete");
     wait_ingress(&c, "second", json!([{"ip": "192.168.5.10"}])).await;
+    // A second node labelled enablelb=true: only labelled nodes serve from then on.
+    c.create(
+        &nodes,
+        None,
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2",
+            "labels": {"svccontroller.k3s.cattle.io/enablelb": "true"}}}),
+        "test",
+    )
+    .await
+    .expect("node");
+    let status = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "addresses": [{"type": "InternalIP", "address": "192.168.5.11"}]}});
+    c.patch(
+        &nodes,
+        None,
+        "n2",
+        Patch::Merge(status),
+        Some("status"),
+        "test",
+    )
+    .await
+    .expect("node status");
+    wait_ingress(&c, "third", json!([{"ip": "192.168.5.11"}])).await;
+    c.patch(
+        &nodes,
+        None,
+        "n2",
+        Patch::Merge(
+            json!({"metadata": {"labels": {"svccontroller.k3s.cattle.io/enablelb": null}}}),
+        ),
+        None,
+        "test",
+    )
+    .await
+    .expect("unlabel");
+    wait_ingress(
+        &c,
+        "third",
+        json!([{"ip": "192.168.5.10"}, {"ip": "192.168.5.11"}]),
+    )
+    .await;
+    c.delete(&nodes, None, "n2", &DeleteParams::default())
+        .await
+        .expect("delete node");
+    wait_ingress(&c, "third", json!([{"ip": "192.168.5.10"}])).await;
     // The node stops being ready: no address to offer.
     let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
     c.patch(
