@@ -153,6 +153,7 @@ impl PodNetwork {
             link::ensure_bridge(&h, &bridge, gw, prefix, mtu).await
         })?;
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        enable_bridge_netfilter();
         // hostPort DNAT of connections to 127.0.0.1 routes loopback-sourced packets to the bridge.
         write_sysctl(
             &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", cfg.bridge),
@@ -447,6 +448,28 @@ fn parse_host_ports(text: &str) -> Vec<HostPort> {
             })
         })
         .collect()
+}
+
+/// Pods on one bridge talk at L2; their packets meet the IPv4 nftables hooks (Service DNAT and
+/// its undoing on replies, NetworkPolicy) only with br_netfilter and `bridge-nf-call-iptables`,
+/// which kube-proxy and K3s require too. Loads the module when it is one (K3s does the same)
+/// and turns the sysctl on; without it the node still works, minus those features, so a
+/// failure is a warning.
+fn enable_bridge_netfilter() {
+    const SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if !Path::new(SYSCTL).exists() {
+        let loaded = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !loaded {
+            warn!("br_netfilter is not available: Services and NetworkPolicy between pods of this node will not work");
+            return;
+        }
+    }
+    if let Err(e) = write_sysctl(SYSCTL, "1") {
+        warn!(error = %e, "turning on bridge-nf-call-iptables");
+    }
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
