@@ -290,6 +290,21 @@ impl Cluster {
         run_ok(self.command(program).args(rest))
     }
 
+    /// A node's upstream resolver (cluster DNS forwarding, dnsPolicy Default pods) is the host
+    /// side of its own veth, where nothing answers: name lookups of a test never leave the
+    /// machine. A test that sets `K3RS_RESOLV_CONF` itself keeps its own.
+    fn resolv_conf_env(&self) -> Result<Option<(&'static str, PathBuf)>> {
+        let Some(host_side) = self.host_side_ip() else {
+            return Ok(None);
+        };
+        if std::env::var_os("K3RS_RESOLV_CONF").is_some() {
+            return Ok(None);
+        }
+        let path = self.dir.path().join("resolv.conf");
+        std::fs::write(&path, format!("nameserver {host_side}\n"))?;
+        Ok(Some(("K3RS_RESOLV_CONF", path)))
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -306,6 +321,7 @@ impl Cluster {
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
             .args((!self.agent).then_some("--disable-agent"))
             .args(&self.extra_args)
+            .envs(self.resolv_conf_env()?)
             .env(
                 "RUST_LOG",
                 std::env::var("K3RS_E2E_LOG").unwrap_or_else(|_| "info".into()),

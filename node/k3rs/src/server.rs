@@ -270,6 +270,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
                     cluster_domain: args.cluster_domain.clone(),
                     cluster_cidr: args.cluster_cidr.clone(),
                     mtu: 1500,
+                    resolv_conf: args.resolv_conf.clone(),
                 },
             )
             .await

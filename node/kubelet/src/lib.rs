@@ -37,6 +37,8 @@ pub struct KubeletConfig {
     pub cluster_cidr: String,
     /// MTU of the bridge and pod interfaces (1500; an overlay needs less).
     pub mtu: u32,
+    /// `--resolv-conf`: the node's resolver for pods with dnsPolicy Default.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A started kubelet: its pods (for log streaming) and the image store.
@@ -85,6 +87,7 @@ impl Kubelet {
             cluster_dns: cfg.cluster_dns.clone(),
             cluster_domain: cfg.cluster_domain.clone(),
             plain_http_registries: Vec::new(),
+            resolv_conf: cfg.resolv_conf.clone(),
             network: network::Network::new(),
         };
         tokio::spawn(pods_cfg.network.clone().start(

@@ -33,6 +33,8 @@ pub struct PodsConfig {
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
     pub plain_http_registries: Vec<String>,
+    /// `--resolv-conf`: the node's resolver for dnsPolicy Default (else /etc/resolv.conf).
+    pub resolv_conf: Option<PathBuf>,
     /// The pod network (bridge, veths, addresses) pods that are not hostNetwork attach to.
     pub network: Arc<crate::network::Network>,
 }
@@ -484,7 +486,7 @@ impl Pods {
             },
             ("None", _) => k3rs_runtime::DnsConfig::default(),
             // Default (and ClusterFirst without cluster DNS): the node's resolver.
-            _ => return None,
+            _ => node_resolver(self.cfg.resolv_conf.as_deref()),
         };
         if let Some(dc) = pod.pointer("/spec/dnsConfig") {
             let strs = |v: &Value| -> Vec<String> {
@@ -1239,6 +1241,27 @@ impl Pods {
     }
 }
 
+/// The node's resolv.conf as a pod's DNS settings (`domain` counts as a search entry).
+fn node_resolver(path: Option<&std::path::Path>) -> k3rs_runtime::DnsConfig {
+    let text = std::fs::read_to_string(path.unwrap_or(std::path::Path::new("/etc/resolv.conf")))
+        .unwrap_or_default();
+    parse_resolv_conf(&text)
+}
+
+fn parse_resolv_conf(text: &str) -> k3rs_runtime::DnsConfig {
+    let mut cfg = k3rs_runtime::DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => cfg.nameservers.extend(words.next().map(String::from)),
+            Some("search") | Some("domain") => cfg.searches = words.map(String::from).collect(),
+            Some("options") => cfg.options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    cfg
+}
+
 fn all_containers(pod: &Value) -> Vec<&Value> {
     ["initContainers", "containers"]
         .iter()
@@ -1321,6 +1344,16 @@ mod tests {
         let p = log_path(Path::new("/var/log/pods"), "ns", "web", "u1", "c", 2);
         assert_eq!(p, PathBuf::from("/var/log/pods/ns_web_u1/c/2.log"));
         assert_eq!(container_id("u1", "c", 3), "u1_c_3");
+    }
+
+    #[test]
+    fn node_resolv_conf_parses() {
+        let c = parse_resolv_conf(
+            "# comment\nnameserver 10.0.0.2\nnameserver 10.0.0.3\ndomain a.example\nsearch b.example c.example\noptions ndots:2 edns0\n",
+        );
+        assert_eq!(c.nameservers, ["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(c.searches, ["b.example", "c.example"]);
+        assert_eq!(c.options, ["ndots:2", "edns0"]);
     }
 
     #[test]
