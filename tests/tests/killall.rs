@@ -74,7 +74,10 @@ fn killall_removes_what_the_node_put_into_the_host() -> anyhow::Result<()> {
     let links = c.in_netns(&["ip", "-o", "link"])?;
     assert!(links.contains("cni0") && links.contains("veth"), "{links}");
     let addrs = c.in_netns(&["ip", "-o", "addr"])?;
-    assert!(addrs.contains("10.43.0.10"), "no DNS address before killall: {addrs}");
+    assert!(
+        addrs.contains("10.43.0.10"),
+        "no DNS address before killall: {addrs}"
+    );
     let data = c.data_dir();
     let shims = || {
         std::process::Command::new("pgrep")
