@@ -24,6 +24,9 @@ use std::net::Ipv4Addr;
 
 /// The table k3rs owns (family `ip`).
 pub const TABLE: &str = "k3rs";
+/// Up to this many endpoints, a Service port picks one with a cascade of `numgen` rules; above,
+/// with one `numgen random mod N vmap` (constant time per new connection).
+pub const CASCADE_MAX: usize = 16;
 /// Packet mark bit asking `nat-postrouting` to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
@@ -91,8 +94,19 @@ impl Table {
                 ));
             }
         }
-        if eps.len() == 1 {
-            rules.push(format!("goto {}", endpoint_chain(sp, eps[0])));
+        if eps.len() <= CASCADE_MAX {
+            // Rule i takes 1/(N-i) of what reaches it: uniform, and no anonymous set (the
+            // kernel binds each one by walking the whole transaction, which is quadratic in
+            // the size of the table; with one per Service, 1,000 Services took 3x longer).
+            let n = eps.len();
+            for (i, ep) in eps[..n - 1].iter().enumerate() {
+                rules.push(format!(
+                    "numgen random mod {} == 0 goto {}",
+                    n - i,
+                    endpoint_chain(sp, ep)
+                ));
+            }
+            rules.push(format!("goto {}", endpoint_chain(sp, eps[n - 1])));
         } else {
             let arms: Vec<String> = eps
                 .iter()
@@ -537,11 +551,12 @@ mod tests {
         let v = element_verdict(&text, "10.43.0.20 . tcp . 80").expect("service-ips element");
         let svc_chain = v.strip_prefix("goto ").unwrap();
         let rules = chain(&text, svc_chain);
-        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.len(), 2);
         assert!(
-            rules[0].starts_with("numgen random mod 2 vmap { 0 : goto ep-"),
+            rules[0].starts_with("numgen random mod 2 == 0 goto ep-"),
             "{rules:?}"
         );
+        assert!(rules[1].starts_with("goto ep-"), "{rules:?}");
         assert!(text.contains("dnat to 10.42.0.5:8080"));
         assert!(text.contains("dnat to 10.42.0.6:8080"));
         assert!(!text.contains("10.42.0.7"), "not-ready endpoint used");
@@ -747,5 +762,21 @@ mod tests {
         assert!(carried.contains(
             "\t\ttimeout 60s\n\t\telements = { 10.42.3.2 timeout 60s expires 20000ms }\n\t}"
         ));
+    }
+
+    #[test]
+    fn many_endpoints_use_one_numgen_vmap() {
+        let services = [svc(
+            "big",
+            json!({"clusterIP": "10.43.0.27", "ports": [{"port": 80, "protocol": "TCP"}]}),
+        )];
+        let ips: Vec<String> = (0..20).map(|i| format!("10.42.0.{}", 10 + i)).collect();
+        let eps: Vec<(&str, &str, bool)> = ips.iter().map(|ip| (ip.as_str(), "n1", true)).collect();
+        let text = render(&config(), &services, &[slice("big", &eps)]);
+        let v = element_verdict(&text, "10.43.0.27 . tcp . 80").unwrap();
+        let rules = chain(&text, v.strip_prefix("goto ").unwrap());
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].starts_with("numgen random mod 20 vmap { 0 : goto ep-"));
+        assert_eq!(rules[0].matches(" : goto ep-").count(), 20);
     }
 }
