@@ -32,7 +32,7 @@ usage: k3rs-net-bench [options]
 
   --k3rs PATH      k3rs binary (default: $K3RS_BIN, else <workspace>/target/release/k3rs)
   --mib N          MiB per transfer (default 512)
-  --rounds N       rounds; each pushes N MiB to the pod IP and to the ClusterIP (default 5)
+  --rounds N       rounds; each pushes N MiB to the pod IP and to the ClusterIP (default 7)
   --iperf-seconds S  length of each iperf3 run, 0 to skip iperf3 (default 3)
 
 Needs root. Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info).";
@@ -67,7 +67,7 @@ fn parse_args() -> Result<Option<Args>> {
     let mut args = Args {
         k3rs: default_binary(),
         mib: 512,
-        rounds: 5,
+        rounds: 7,
         iperf_seconds: 3,
     };
     let mut it = std::env::args().skip(1);
@@ -233,6 +233,13 @@ fn pod_netns(data_dir: &Path, uid: &str) -> Option<PathBuf> {
     walk(data_dir, uid, 4)
 }
 
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages: other work on the machine skews the numbers.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Kills the iperf3 servers this run started, however it ends.
 struct Children(Vec<Child>);
 
@@ -288,6 +295,7 @@ fn run(args: &Args) -> Result<()> {
         args.k3rs.display()
     );
 
+    println!("  load average before: {}", load_average());
     let started = Instant::now();
     let c = Cluster::start_node()?;
     c.kubectl_stdin(None, &["apply", "-f", "-"], &manifests())?;
@@ -355,9 +363,14 @@ fn run(args: &Args) -> Result<()> {
     println!();
     println!("  pod → pod IP     {}", summary(&pod));
     println!("  pod → ClusterIP  {}", summary(&svc));
+    // Each round's two transfers ran back to back, so their ratio is less exposed to whatever
+    // else the machine was doing than the ratio of the medians.
+    let per_round: Vec<f64> = svc.iter().zip(&pod).map(|(s, p)| s / p).collect();
     println!(
-        "  ratio service/pod: {:.2}  (median ClusterIP / median pod IP)",
-        svc_median / pod_median
+        "  ratio service/pod: {:.2}  (median ClusterIP / median pod IP; median of per-round \
+         ratios {:.2})",
+        svc_median / pod_median,
+        median(&per_round)
     );
     println!(
         "  pod loopback     {}  — the tools' ceiling (dd → socket → dd, no network)",
@@ -378,6 +391,7 @@ fn run(args: &Args) -> Result<()> {
             println!("  iperf3: not measured: {e:#}");
         }
     }
+    println!("  load average after: {}", load_average());
     println!(
         "\n  bench finished in {:.0} s",
         started.elapsed().as_secs_f64()
