@@ -65,6 +65,13 @@ pub struct ServerArgs {
     /// stubs are skipped; default /etc/resolv.conf, else systemd-resolved's real list).
     #[arg(long, env = "K3RS_RESOLV_CONF")]
     pub resolv_conf: Option<PathBuf>,
+    /// Kubelet containerLogMaxSize: a container's log file is rotated before it grows past this
+    /// (a quantity: 10Mi, 512Ki, bytes).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_size)]
+    pub container_log_max_size: u64,
+    /// Kubelet containerLogMaxFiles: log files kept per container, the current one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub container_log_max_files: u32,
     /// Do not deploy packaged components (servicelb, traefik, local-storage, metrics-server, coredns).
     #[arg(long)]
     pub disable: Vec<String>,
@@ -271,6 +278,10 @@ async fn serve(args: ServerArgs) -> Result<()> {
                     cluster_cidr: args.cluster_cidr.clone(),
                     mtu: 1500,
                     resolv_conf: args.resolv_conf.clone(),
+                    container_log: k3rs_runtime::crilog::LogRotation {
+                        max_size: args.container_log_max_size,
+                        max_files: args.container_log_max_files as usize,
+                    },
                 },
             )
             .await
@@ -376,6 +387,11 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    k3rs_runtime::crilog::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a positive size in bytes (e.g. 10Mi, 512Ki, 4096)"))
 }
 
 #[cfg(test)]

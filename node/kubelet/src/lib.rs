@@ -39,6 +39,8 @@ pub struct KubeletConfig {
     pub mtu: u32,
     /// `--resolv-conf`: the node's resolver for pods with dnsPolicy Default.
     pub resolv_conf: Option<PathBuf>,
+    /// `--container-log-max-size` / `--container-log-max-files` (10Mi and 5 by default).
+    pub container_log: k3rs_runtime::crilog::LogRotation,
 }
 
 /// A started kubelet: its pods (for log streaming) and the image store.
@@ -89,6 +91,7 @@ impl Kubelet {
             plain_http_registries: Vec::new(),
             resolv_conf: cfg.resolv_conf.clone(),
             network: network::Network::new(),
+            container_log: cfg.container_log,
         };
         tokio::spawn(pods_cfg.network.clone().start(
             client.clone(),

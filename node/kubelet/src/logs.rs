@@ -3,7 +3,7 @@
 
 use crate::pods::Pods;
 use k3rs_client::{BoxFuture, ClientError, LogOptions, PodLogs};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +117,18 @@ impl PodLogs for Pods {
                     opts.container
                 )));
             };
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            // Like upstream, only the current file is read back; `-f` then follows it across
+            // rotations from this very handle, so nothing is lost or repeated in between.
+            let mut handle = std::fs::File::open(&file).map_err(|e| {
+                not_found(format!(
+                    "reading the log of container \"{}\": {e}",
+                    opts.container
+                ))
+            })?;
+            let mut bytes = Vec::new();
+            let _ = handle.read_to_end(&mut bytes);
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&bytes[..complete]);
             let all: Vec<&str> = text.lines().collect();
             let start = opts
                 .tail_lines
@@ -131,7 +142,11 @@ impl PodLogs for Pods {
             let (tx, rx) = mpsc::channel(16);
             let follow = opts.follow && !opts.previous;
             let opts = opts.clone();
-            let offset = text.len() as u64;
+            let follower = LogFollower {
+                path: file.clone(),
+                file: handle,
+                pending: bytes.split_off(complete),
+            };
             // `<attempt>.log` belongs to container `<uid>_<name>_<attempt>`.
             let attempt = file
                 .file_stem()
@@ -148,54 +163,114 @@ impl PodLogs for Pods {
                 if !follow {
                     return;
                 }
-                follow_file(file, offset, opts, tx, running).await;
+                follow_file(follower, opts, tx, running).await;
             });
             Ok(rx)
         })
     }
 }
 
-/// Tails a log file from `offset` until the receiver goes away, or the container has stopped
-/// (or restarted into a newer attempt) and its file stopped growing — then ends, as kubectl expects.
+/// Reads a container's log as the shim appends to it, across rotations. The shim renames the
+/// full file to `<n>.log.<stamp>` and writes nothing more to it, then starts a new `<n>.log`;
+/// a record is never split between files. So when `<n>.log` is no longer the file held open,
+/// the held file is read to its end, then each file rotated after it (found by inode among
+/// `<n>.log.*`, oldest first; those already deleted are gone for every reader), then the new
+/// current file. Upstream's kubelet reopens only the current file, skipping any file rotated in
+/// between two of its reads.
+pub struct LogFollower {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Bytes after the last newline read (a record being written).
+    pending: Vec<u8>,
+}
+
+impl LogFollower {
+    /// Follows `path` from its start.
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        Ok(LogFollower {
+            file: std::fs::File::open(&path)?,
+            path,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The whole records (each ending in `\n`) written since the last call.
+    pub fn read_new(&mut self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut buf = std::mem::take(&mut self.pending);
+        loop {
+            self.file.read_to_end(&mut buf)?;
+            let held = self.file.metadata()?.ino();
+            match std::fs::metadata(&self.path) {
+                Ok(m) if m.ino() != held => {}
+                // Still current, or between the shim's rename and its new file.
+                _ => break,
+            }
+            // Rotated: whatever was written before the rename is there now.
+            self.file.read_to_end(&mut buf)?;
+            let rotated = k3rs_runtime::crilog::rotated_files(&self.path);
+            let newer = match rotated
+                .iter()
+                .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == held))
+            {
+                Some(i) => &rotated[i + 1..],
+                // Ours was deleted already, and deletion goes oldest first.
+                None => &rotated[..],
+            };
+            let next = newer
+                .iter()
+                .chain(std::iter::once(&self.path))
+                .find_map(|p| std::fs::File::open(p).ok());
+            match next {
+                Some(f) => self.file = f,
+                None => break,
+            }
+        }
+        let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.pending = buf.split_off(complete);
+        Ok(buf)
+    }
+
+    /// What is left unterminated (output cut short by the container's exit).
+    fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Tails a log until the receiver goes away, or the container has stopped (or restarted into a
+/// newer attempt) and its file stopped growing — then ends, as kubectl expects.
 async fn follow_file(
-    file: PathBuf,
-    mut offset: u64,
+    mut follower: LogFollower,
     opts: LogOptions,
     tx: mpsc::Sender<Vec<u8>>,
     running: impl Fn() -> bool,
 ) {
-    let mut pending = String::new();
     loop {
         tokio::select! {
             _ = tx.closed() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        let Ok(mut f) = std::fs::File::open(&file) else {
+        let Ok(new) = follower.read_new() else {
             return;
         };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if len > offset && f.seek(SeekFrom::Start(offset)).is_ok() {
-            let mut buf = String::new();
-            if f.read_to_string(&mut buf).is_ok() {
-                offset += buf.len() as u64;
-                pending.push_str(&buf);
-                if let Some(last_nl) = pending.rfind('\n') {
-                    let complete: String = pending.drain(..=last_nl).collect();
-                    let lines: Vec<&str> = complete.lines().collect();
-                    let out = render(&lines, &opts, None);
-                    if !out.is_empty() && tx.send(out).await.is_err() {
-                        return;
-                    }
-                }
+        if !new.is_empty() {
+            let text = String::from_utf8_lossy(&new);
+            let lines: Vec<&str> = text.lines().collect();
+            let out = render(&lines, &opts, None);
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return;
             }
         } else if !running()
-            || file
+            || follower
+                .path
                 .parent()
                 .and_then(|d| pick_file(d, false))
-                .is_some_and(|newest| newest != file)
+                .is_some_and(|newest| newest != follower.path)
         {
             // Output written just before the exit may still be pending: flush it, then end.
-            let lines: Vec<&str> = pending.lines().collect();
+            let rest = follower.take_pending();
+            let text = String::from_utf8_lossy(&rest);
+            let lines: Vec<&str> = text.lines().collect();
             let out = render(&lines, &opts, None);
             if !out.is_empty() {
                 let _ = tx.send(out).await;
@@ -251,5 +326,80 @@ mod tests {
         assert_eq!(pick_file(&dir, false).unwrap(), dir.join("10.log"));
         assert_eq!(pick_file(&dir, true).unwrap(), dir.join("1.log"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn follower_reads_across_rotations_without_loss_or_repeats() {
+        use k3rs_runtime::crilog::{CriLogWriter, LogRotation, RotatingLog, Stream};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let limits = LogRotation {
+            max_size: 700,
+            max_files: 4,
+        };
+        let mut w = CriLogWriter::new(RotatingLog::open(&path, limits).unwrap());
+        let mut f = LogFollower::open(path.clone()).unwrap();
+        let mut seen = Vec::new();
+        let mut collect = |f: &mut LogFollower| {
+            let text = String::from_utf8(f.read_new().unwrap()).unwrap();
+            for l in text.lines() {
+                seen.push(parse_line(l).unwrap().content.to_string());
+            }
+        };
+        let mut n = 0;
+        // Between two reads: nothing, a part of a file, one rotation, two rotations (a whole
+        // file was written and rotated unseen), and as many as max_files keeps.
+        for burst in [0, 3, 12, 25, 40, 1, 7, 33] {
+            for _ in 0..burst {
+                w.write(Stream::Stdout, format!("line {n:05}\n").as_bytes())
+                    .unwrap();
+                n += 1;
+            }
+            // A record half written is not returned until its newline is there.
+            collect(&mut f);
+        }
+        w.write(Stream::Stdout, b"tail without newline").unwrap();
+        collect(&mut f);
+        assert_eq!(seen.len(), n);
+        for (i, l) in seen.iter().enumerate() {
+            assert_eq!(*l, format!("line {i:05}"));
+        }
+        assert!(k3rs_runtime::crilog::rotated_files(&path).len() <= 3);
+    }
+
+    #[test]
+    fn follower_skips_only_what_rotation_deleted() {
+        use k3rs_runtime::crilog::{CriLogWriter, LogRotation, RotatingLog, Stream};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let limits = LogRotation {
+            max_size: 200,
+            max_files: 2,
+        };
+        let mut w = CriLogWriter::new(RotatingLog::open(&path, limits).unwrap());
+        w.write(Stream::Stdout, b"first\n").unwrap();
+        let mut f = LogFollower::open(path.clone()).unwrap();
+        // Many rotations while the follower holds the first file: the files between were
+        // deleted, the newest rotated one and the current one remain.
+        for i in 0..50 {
+            w.write(Stream::Stdout, format!("line {i:05}\n").as_bytes())
+                .unwrap();
+        }
+        let text = String::from_utf8(f.read_new().unwrap()).unwrap();
+        let got: Vec<String> = text
+            .lines()
+            .map(|l| parse_line(l).unwrap().content.to_string())
+            .collect();
+        assert_eq!(got[0], "first");
+        let nums: Vec<usize> = got[1..]
+            .iter()
+            .map(|l| l.trim_start_matches("line ").parse().unwrap())
+            .collect();
+        // The rest of the held file, one gap (the deleted files), then contiguous to the end.
+        assert_eq!(nums[0], 0);
+        assert_eq!(*nums.last().unwrap(), 49);
+        let gaps = nums.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert_eq!(gaps, 1, "{got:?}");
+        assert!(nums.windows(2).all(|w| w[1] > w[0]), "{got:?}");
     }
 }

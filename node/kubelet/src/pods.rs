@@ -37,6 +37,8 @@ pub struct PodsConfig {
     pub resolv_conf: Option<PathBuf>,
     /// The pod network (bridge, veths, addresses) pods that are not hostNetwork attach to.
     pub network: Arc<crate::network::Network>,
+    /// `containerLogMaxSize` / `containerLogMaxFiles`.
+    pub container_log: k3rs_runtime::crilog::LogRotation,
 }
 
 impl PodsConfig {
@@ -760,6 +762,7 @@ impl Pods {
                 pids_limit: None,
             },
             log_path: log_path(&self.cfg.logs_root(), &ns, &name, &uid, cname, attempt),
+            log_rotation: self.cfg.container_log,
             tty: false,
             readonly_rootfs: c.pointer("/securityContext/readOnlyRootFilesystem")
                 == Some(&json!(true)),

@@ -156,6 +156,8 @@ pub struct ContainerConfig {
     pub resources: Resources,
     /// CRI-format log file (created, appended to).
     pub log_path: PathBuf,
+    /// When the shim rotates `log_path` and how many files it keeps.
+    pub log_rotation: crilog::LogRotation,
     /// Not supported yet: must be false.
     pub tty: bool,
     pub readonly_rootfs: bool,
@@ -228,6 +230,9 @@ pub(crate) struct ContainerRecord {
     pub id: String,
     pub pod_uid: String,
     pub log_path: PathBuf,
+    /// Absent in records written before rotation existed: upstream's defaults.
+    #[serde(default)]
+    pub log_rotation: crilog::LogRotation,
     pub created_at: DateTime<Utc>,
     /// cgroup path relative to each hierarchy root (for the OOM counter).
     pub cgroups_path: PathBuf,
@@ -471,6 +476,7 @@ impl Runtime {
             id: cfg.id.clone(),
             pod_uid: sandbox.pod_uid.clone(),
             log_path: cfg.log_path.clone(),
+            log_rotation: cfg.log_rotation,
             created_at: Utc::now(),
             cgroups_path: spec::cgroups_path(&sandbox.pod_uid, &cfg.id),
         };

@@ -12,7 +12,7 @@
 //! - `sandbox <ns-dir> <hostname> [--host-network]`: unshares network, IPC and UTS namespaces,
 //!   sets the hostname, brings `lo` up and bind-mounts the namespaces into `<ns-dir>`.
 
-use crate::crilog::{CriLogWriter, Stream};
+use crate::crilog::{CriLogWriter, RotatingLog, Stream};
 use crate::{read_json, sys, write_json_atomic, ContainerRecord, ContainerState, StateFile};
 use chrono::Utc;
 use libcontainer::container::builder::ContainerBuilder;
@@ -256,11 +256,7 @@ fn supervise(dir: &Path, lc_root: &Path, mut ready: File) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(dir, ready, e.to_string()),
     };
-    let log_file = match OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&rec.log_path)
-    {
+    let log_file = match RotatingLog::open(&rec.log_path, rec.log_rotation) {
         Ok(f) => f,
         Err(e) => {
             let msg = format!("opening log {}: {e}", rec.log_path.display());
