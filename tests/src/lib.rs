@@ -227,6 +227,11 @@ impl Cluster {
 
     /// A server with its kubelet, and `busybox:test` in the airgap images directory.
     pub fn start_node() -> Result<Cluster> {
+        Self::start_node_with(&[])
+    }
+
+    /// [`Cluster::start_node`] with extra `k3rs server` flags.
+    pub fn start_node_with(extra: &[&str]) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("k3rs-e2e-node-")
             .tempdir_in("/var/tmp")?;
@@ -236,7 +241,7 @@ impl Cluster {
             port: free_port(),
             kubeconfig,
             dir,
-            extra_args: Vec::new(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
             agent: true,
             netns: Some(NetNs::create()?),
         };

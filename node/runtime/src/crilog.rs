@@ -137,13 +137,10 @@ impl RotatingLog {
     fn rotate(&mut self) -> io::Result<()> {
         let base = self.path.as_os_str().to_string_lossy().into_owned();
         let first = format!("{base}.{}", (self.stamp)());
+        let rotated = self.rotated();
         // Rotations within one second get `.000001`, `.000002`, ...: the newest rotated file
-        // sorts last, so the next number follows it (older ones may be deleted already).
-        let target = match self
-            .rotated()
-            .last()
-            .map(|p| p.to_string_lossy().into_owned())
-        {
+        // sorts last, so the next number follows it.
+        let target = match rotated.last().map(|p| p.to_string_lossy().into_owned()) {
             Some(last) if last == first => format!("{first}.{:06}", 1),
             Some(last) => match last
                 .strip_prefix(&first)
@@ -155,20 +152,21 @@ impl RotatingLog {
             },
             None => first,
         };
-        fs::rename(&self.path, &target)?;
-        // From here on the old file gets nothing more: readers holding it read it to the end
-        // and move on to the next one.
-        self.file = open_append(&self.path)?;
-        self.size = 0;
-        let rotated = self.rotated();
-        let excess = rotated.len().saturating_sub(self.limits.max_files - 1);
-        for old in &rotated[..excess] {
+        // The oldest go first (as upstream's cleanup before rotating), so there are never more
+        // than `max_files` files.
+        let excess = (rotated.len() + 1).saturating_sub(self.limits.max_files - 1);
+        for old in &rotated[..excess.min(rotated.len())] {
             if let Err(e) = fs::remove_file(old) {
                 if e.kind() != io::ErrorKind::NotFound {
                     return Err(e);
                 }
             }
         }
+        fs::rename(&self.path, &target)?;
+        // From here on the old file gets nothing more: readers holding it read it to the end
+        // and move on to the next one.
+        self.file = open_append(&self.path)?;
+        self.size = 0;
         Ok(())
     }
 }
