@@ -1,0 +1,608 @@
+//! `k3rs-pod-bench`: pod startup latency, node daemon memory and per-pod overhead.
+//!
+//! Starts a real `k3rs server` with its kubelet in its own network namespace (the e2e harness's
+//! `Cluster::start_node`, `busybox:test` imported from the airgap directory, so the image is
+//! present), then:
+//!
+//! 1. samples the server's VmRSS idle (node Ready, nothing scheduled);
+//! 2. starts `kubectl get pods -w -o json --output-watch-events` and creates N pods
+//!    (`busybox sleep`) with 10 concurrent `kubectl create -f -`; each pod's create time is the moment
+//!    kubectl prints `pod/<name> created` (right after the API server answered), its Running time
+//!    the first watch event with `status.phase == Running`. Prints p50/p99/max of create → Running
+//!    and the time from the first create to the last Running;
+//! 3. samples the server's VmRSS with N pods running, the shims' RSS and PSS (every
+//!    `k3rs shim` process of this data dir, `/proc/<pid>/smaps_rollup`) per pod, and the drop of
+//!    the host's MemAvailable per pod (shim + sandbox + container + kernel objects: veth, netns,
+//!    overlay mount, cgroups);
+//! 4. deletes the pods and reports the time until the watch saw the last one deleted.
+//!
+//! ```text
+//! cargo build --release -p k3rs
+//! sudo cargo run --release -p k3rs-e2e --bin k3rs-pod-bench -- [--pods N]
+//! ```
+//!
+//! Needs root (the kubelet does). It is a binary, not a test: CI never runs it. Targets (issue 3):
+//! p99 under 1 s for 100 pods on 2 cores, per-pod overhead under 2 MB; a miss does not fail the
+//! run (the exit code is non-zero only when the bench itself could not run).
+
+use anyhow::{bail, Context, Result};
+use k3rs_e2e::{eventually, Cluster};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: k3rs-pod-bench [options]
+
+  --k3rs PATH      k3rs binary (default: $K3RS_BIN, else <workspace>/target/release/k3rs)
+  --pods N         pods to create (default 100)
+  --parallel N     kubectl create processes creating the pods at once (default 10; kubectl
+                   sends at most 5 requests/s after a burst of 10, so one process is slow)
+  --grace S        terminationGracePeriodSeconds of the pods (default 1; busybox sleep as PID 1
+                   ignores SIGTERM, so teardown waits this long per pod, in parallel)
+  --timeout S      longest wait for all pods to run, and for all to be deleted (default 300)
+
+Needs root. Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info); the server log
+is copied to $K3RS_POD_BENCH_LOG when that is set.";
+
+const LABEL: &str = "k3rs-pod-bench";
+const TARGET_P99: Duration = Duration::from_secs(1);
+const TARGET_OVERHEAD: u64 = 2 * 1000 * 1000;
+/// Quiet time before a memory sample, so start-up allocations and page cache settle.
+const SETTLE: Duration = Duration::from_secs(3);
+
+struct Args {
+    k3rs: PathBuf,
+    pods: usize,
+    parallel: usize,
+    grace: u64,
+    timeout: Duration,
+}
+
+fn default_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("K3RS_BIN") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("release").join("k3rs")
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut args = Args {
+        k3rs: default_binary(),
+        pods: 100,
+        parallel: 10,
+        grace: 1,
+        timeout: Duration::from_secs(300),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        let mut value = || -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        let mut number = |min: u64| -> Result<u64> {
+            let v = value()?;
+            let n: u64 = v
+                .parse()
+                .with_context(|| format!("{flag}: {v:?} is not a number"))?;
+            if n < min {
+                bail!("{flag} must be at least {min}");
+            }
+            Ok(n)
+        };
+        match flag.as_str() {
+            "--k3rs" => args.k3rs = PathBuf::from(value()?),
+            "--pods" => args.pods = number(1)? as usize,
+            "--parallel" => args.parallel = number(1)? as usize,
+            "--grace" => args.grace = number(0)?,
+            "--timeout" => args.timeout = Duration::from_secs(number(1)?),
+            _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn pod_name(i: usize) -> String {
+    format!("bench-{i:04}")
+}
+
+fn manifests(pods: &[usize], grace: u64) -> String {
+    pods.iter()
+        .map(|&i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, labels: {{app: {LABEL}}}}}\n\
+                 spec:\n  terminationGracePeriodSeconds: {grace}\n  containers:\n  \
+                 - {{name: sleep, image: busybox:test, imagePullPolicy: Never, \
+                 command: [\"sleep\", \"86400\"]}}\n",
+                pod_name(i)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// What the watch thread reports.
+enum Event {
+    Running(String, Instant),
+    Deleted(String, Instant),
+    Ended(String),
+}
+
+/// Kills a child process (the watch) however the run ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kubectl get pods -w` of the bench's pods; a thread turns its JSON stream into [`Event`]s.
+fn start_watch(c: &Cluster) -> Result<(Guard, mpsc::Receiver<Event>)> {
+    let mut child = c
+        .kubectl_cmd(None)
+        .args([
+            "get",
+            "pods",
+            "-l",
+            &format!("app={LABEL}"),
+            "-w",
+            "-o",
+            "json",
+            "--output-watch-events",
+            "--request-timeout=0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kubectl get -w")?;
+    let stdout = child.stdout.take().context("watch stdout")?;
+    let stderr = child.stderr.take().context("watch stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout))
+            .into_iter::<serde_json::Value>();
+        for v in stream {
+            let now = Instant::now();
+            let v = match v {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Event::Ended(format!("bad watch output: {e}")));
+                    return;
+                }
+            };
+            let name = v["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ev = match (v["type"].as_str(), v["object"]["status"]["phase"].as_str()) {
+                (Some("DELETED"), _) => Event::Deleted(name, now),
+                (_, Some("Running")) => Event::Running(name, now),
+                _ => continue,
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+        let mut err = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            err.push_str(&line);
+            err.push('\n');
+        }
+        let _ = tx.send(Event::Ended(format!("the watch ended: {err}")));
+    });
+    Ok((Guard(child), rx))
+}
+
+type Creator = (Child, std::thread::JoinHandle<std::io::Result<()>>);
+
+/// One `kubectl create -f -` for `pods`; a thread sends (name, when kubectl printed it created).
+fn start_create(
+    c: &Cluster,
+    pods: &[usize],
+    grace: u64,
+    tx: mpsc::Sender<(String, Instant)>,
+) -> Result<Creator> {
+    let mut create = c
+        .kubectl_cmd(None)
+        .args(["create", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kubectl create")?;
+    let mut stdin = create.stdin.take().context("create stdin")?;
+    let manifests = manifests(pods, grace);
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(manifests.as_bytes())
+    });
+    let stdout = create.stdout.take().context("create stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let now = Instant::now();
+            if let Some(name) = line
+                .strip_prefix("pod/")
+                .and_then(|l| l.strip_suffix(" created"))
+            {
+                if tx.send((name.to_string(), now)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((create, writer))
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn mem_available_kib() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+/// RSS and PSS (KiB) of one process from `smaps_rollup`.
+fn rss_pss_kib(pid: u32) -> Option<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+/// Shim processes of this data dir: (pid, second argument: `run` or `sandbox`).
+fn shims(data_dir: &Path) -> Vec<(u32, String)> {
+    let data = data_dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("shim") && args.iter().any(|a| a.contains(&data))
+        {
+            out.push((pid, args.get(2).cloned().unwrap_or_default()));
+        }
+    }
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let is_root = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !is_root {
+        bail!("needs root (the kubelet creates network namespaces and containers)");
+    }
+    if !args.k3rs.exists() {
+        bail!(
+            "{} does not exist: run `cargo build --release -p k3rs` or pass --k3rs",
+            args.k3rs.display()
+        );
+    }
+    // The harness starts `$K3RS_BIN`; set before any thread exists.
+    std::env::set_var("K3RS_BIN", &args.k3rs);
+    println!(
+        "k3rs-pod-bench: {} pods (busybox sleep, image present), k3rs {}",
+        args.pods,
+        args.k3rs.display()
+    );
+
+    let c = Cluster::start_node()?;
+    let result = measure(&c, args);
+    if let Some(dest) = std::env::var_os("K3RS_POD_BENCH_LOG") {
+        let _ = std::fs::write(&dest, c.log());
+    }
+    result
+}
+
+fn measure(c: &Cluster, args: &Args) -> Result<()> {
+    let pid = c.pid().context("no server process")?;
+    let node = eventually(Duration::from_secs(60), || {
+        let out = c
+            .ok(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .ok()?;
+        (out.trim() == "True").then_some(())
+    });
+    node.context("the node did not become Ready")?;
+    // The default ServiceAccount must exist before pods can be created.
+    eventually(Duration::from_secs(30), || {
+        c.ok(&["get", "serviceaccount", "default"]).ok()
+    })
+    .context("no default ServiceAccount")?;
+    std::thread::sleep(SETTLE);
+    let rss_idle = status_kib(pid, "VmRSS:")?;
+    let avail_before = mem_available_kib()?;
+
+    let (_watch, events) = start_watch(c)?;
+    // The watch has no pods to print; give it time to connect before the first create.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let (ctx, created_rx) = mpsc::channel();
+    let first_create = Instant::now();
+    let mut creators = Vec::new();
+    for k in 0..args.parallel {
+        let names: Vec<usize> = (0..args.pods).filter(|i| i % args.parallel == k).collect();
+        if names.is_empty() {
+            continue;
+        }
+        creators.push(start_create(c, &names, args.grace, ctx.clone())?);
+    }
+    drop(ctx);
+
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashMap<String, Instant> = HashMap::new();
+    let deadline = Instant::now() + args.timeout;
+    while running.len() < args.pods || created.len() < args.pods {
+        while let Ok((name, t)) = created_rx.try_recv() {
+            created.insert(name, t);
+        }
+        match events.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Running(name, t)) => {
+                running.entry(name).or_insert(t);
+            }
+            Ok(Event::Deleted(name, _)) => bail!("pod {name} was deleted during the start phase"),
+            Ok(Event::Ended(why)) => bail!("{why}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the watch thread ended"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {:?}: {} created, {} running; pods:\n{}",
+                args.timeout,
+                created.len(),
+                running.len(),
+                c.ok(&["get", "pods", "-o", "wide"]).unwrap_or_default()
+            );
+        }
+    }
+    for (child, writer) in creators {
+        let out = child.wait_with_output().context("kubectl create")?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))?
+            .context("writing manifests to kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let last_running = running.values().max().copied().unwrap_or(first_create);
+    let last_created = created.values().max().copied().unwrap_or(first_create);
+    let mut latencies: Vec<Duration> = created
+        .iter()
+        .map(|(name, t)| {
+            running
+                .get(name)
+                .map_or(Duration::ZERO, |r| r.saturating_duration_since(*t))
+        })
+        .collect();
+    latencies.sort_unstable();
+
+    std::thread::sleep(SETTLE);
+    let rss_loaded = status_kib(pid, "VmRSS:")?;
+    let avail_after = mem_available_kib()?;
+    let shim_list = shims(&c.data_dir());
+    let (mut shim_rss, mut shim_pss, mut run_shims, mut sandbox_shims) = (0u64, 0u64, 0, 0);
+    for (pid, kind) in &shim_list {
+        if let Some((rss, pss)) = rss_pss_kib(*pid) {
+            shim_rss += rss;
+            shim_pss += pss;
+        }
+        match kind.as_str() {
+            "sandbox" => sandbox_shims += 1,
+            _ => run_shims += 1,
+        }
+    }
+    let pods = args.pods as u64;
+    let avail_drop = avail_before.saturating_sub(avail_after);
+
+    let p50 = pct(&latencies, 50.0);
+    let p99 = pct(&latencies, 99.0);
+    println!();
+    println!(
+        "pod startup (create → Running through a watch), {} pods",
+        args.pods
+    );
+    println!(
+        "  p50 {}  p99 {}  max {}   target p99 < {}: {}",
+        ms(p50),
+        ms(p99),
+        ms(pct(&latencies, 100.0)),
+        ms(TARGET_P99),
+        verdict(p99 < TARGET_P99)
+    );
+    println!(
+        "  creates took {} ({} kubectl create -f at once); first create → last Running {}",
+        ms(last_created.duration_since(first_create)),
+        args.parallel,
+        ms(last_running.duration_since(first_create))
+    );
+    println!("node daemon (k3rs server, pid {pid}) VmRSS");
+    println!(
+        "  idle {}   with {} pods {}   (+{} per pod)",
+        mib(rss_idle),
+        args.pods,
+        mib(rss_loaded),
+        format_kib(rss_loaded.saturating_sub(rss_idle) / pods)
+    );
+    println!(
+        "per-pod overhead ({} container shims, {} sandbox processes)",
+        run_shims, sandbox_shims
+    );
+    println!(
+        "  shim PSS {} per pod (RSS {})   target < 2 MB: {}",
+        format_kib(shim_pss / pods),
+        format_kib(shim_rss / pods),
+        verdict(shim_pss * 1024 / pods < TARGET_OVERHEAD)
+    );
+    println!(
+        "  host MemAvailable drop {} per pod (shim + sandbox namespaces, veth, overlay, cgroups, \
+         container, page cache)",
+        format_kib(avail_drop / pods)
+    );
+
+    // Teardown.
+    let started = Instant::now();
+    // A delete can lose a race with a status write (409 Conflict): delete what is left again.
+    let selector = format!("app={LABEL}");
+    let mut tries = 0;
+    while let Err(e) = c.ok(&["delete", "pods", "-l", &selector, "--wait=false"]) {
+        tries += 1;
+        if tries == 5 {
+            return Err(e);
+        }
+        eprintln!(
+            "delete failed, retrying: {}",
+            e.to_string().lines().last().unwrap_or_default()
+        );
+    }
+    let mut deleted = 0usize;
+    let deadline = Instant::now() + args.timeout;
+    let mut last_deleted = started;
+    while deleted < args.pods {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Deleted(_, t)) => {
+                deleted += 1;
+                last_deleted = t;
+            }
+            Ok(Event::Running(..)) => {}
+            Ok(Event::Ended(why)) => bail!("{why}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the watch thread ended"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {:?}: {deleted} of {} pods deleted",
+                args.timeout,
+                args.pods
+            );
+        }
+    }
+    let teardown = last_deleted.duration_since(started);
+    let left = eventually(Duration::from_secs(30), || {
+        let n = shims(&c.data_dir()).len();
+        (n == 0).then_some(())
+    });
+    println!(
+        "teardown: delete → last pod gone {} (grace period {} s); shims left: {}",
+        ms(teardown),
+        args.grace,
+        if left.is_some() {
+            "none".to_string()
+        } else {
+            shims(&c.data_dir()).len().to_string()
+        }
+    );
+    std::thread::sleep(SETTLE);
+    println!(
+        "node daemon VmRSS after teardown {}",
+        mib(status_kib(pid, "VmRSS:")?)
+    );
+    Ok(())
+}
+
+fn format_kib(kib: u64) -> String {
+    if kib >= 1024 {
+        mib(kib)
+    } else {
+        format!("{kib} KiB")
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("k3rs-pod-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("k3rs-pod-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
