@@ -412,6 +412,76 @@ fn conflicts_invalid_objects_and_rbac() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(c.ok(&["auth", "can-i", "delete", "nodes"])?.trim(), "yes");
+    // The components' system: roles, checked by impersonation (kubectl --as / --as-group).
+    let can_as = |args: &[&str]| -> anyhow::Result<String> {
+        let out = c.kubectl(&[&["auth", "can-i"], args].concat())?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    for (args, want) in [
+        (
+            &[
+                "create",
+                "pods",
+                "--subresource=binding",
+                "--as=system:kube-scheduler",
+            ][..],
+            "yes",
+        ),
+        (
+            &["delete", "secrets", "--as=system:kube-scheduler"][..],
+            "no",
+        ),
+        (
+            &[
+                "list",
+                "endpointslices.discovery.k8s.io",
+                "--as=system:kube-proxy",
+            ][..],
+            "yes",
+        ),
+        (&["delete", "services", "--as=system:kube-proxy"][..], "no"),
+        (
+            &[
+                "update",
+                "deployments.apps",
+                "-n",
+                "kube-system",
+                "--as=system:kube-controller-manager",
+            ][..],
+            "yes",
+        ),
+        (
+            &[
+                "patch",
+                "nodes",
+                "--subresource=status",
+                "--as=system:node:n1",
+                "--as-group=system:nodes",
+            ][..],
+            "yes",
+        ),
+        (
+            &[
+                "create",
+                "clusterroles",
+                "--as=system:node:n1",
+                "--as-group=system:nodes",
+            ][..],
+            "no",
+        ),
+    ] {
+        assert_eq!(can_as(args)?, want, "auth can-i {args:?}");
+    }
+    // Impersonating needs the impersonate verb: the view-bound service account has none.
+    let out = c
+        .kubectl_cmd(None)
+        .args(["--token", token.trim(), "--as=admin", "get", "pods"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot impersonate"),
+        "403 expected: {err}"
+    );
     Ok(())
 }
 

@@ -258,6 +258,79 @@ pub fn forbidden_message(user: &User, a: &Attributes) -> String {
     )
 }
 
+/// Acts on `Impersonate-User` / `Impersonate-Group` / `Impersonate-Uid` /
+/// `Impersonate-Extra-<key>` headers (`kubectl --as`, `--as-group`): each needs the
+/// `impersonate` verb on users, groups, uids or userextras/<key>, like upstream. The impersonated
+/// user is also `system:authenticated`, unless it is anonymous.
+pub async fn impersonate(
+    api: &Api,
+    user: User,
+    headers: &hyper::HeaderMap,
+) -> Result<User, crate::status::ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let Some(name) = values("impersonate-user").into_iter().next() else {
+        if headers.contains_key("impersonate-group") {
+            return Err(crate::status::ApiError::bad_request(
+                "requested impersonation of groups without impersonating a user",
+            ));
+        }
+        return Ok(user);
+    };
+    let check = |resource: &str, subresource: &str, target: String| Attributes {
+        verb: "impersonate".into(),
+        group: if resource == "users" || resource == "groups" {
+            String::new()
+        } else {
+            "authentication.k8s.io".into()
+        },
+        resource: resource.into(),
+        subresource: subresource.into(),
+        name: target,
+        ..Default::default()
+    };
+    let mut wanted = vec![check("users", "", name.clone())];
+    let groups = values("impersonate-group");
+    wanted.extend(groups.iter().map(|g| check("groups", "", g.clone())));
+    let uid = values("impersonate-uid").into_iter().next();
+    wanted.extend(uid.iter().map(|u| check("uids", "", u.clone())));
+    let mut extra: Vec<(String, Vec<String>)> = Vec::new();
+    for (key, value) in headers {
+        if let Some(k) = key.as_str().strip_prefix("impersonate-extra-") {
+            let v = value.to_str().unwrap_or("").to_string();
+            wanted.push(check("userextras", k, v.clone()));
+            match extra.iter_mut().find(|(ek, _)| ek == k) {
+                Some((_, vs)) => vs.push(v),
+                None => extra.push((k.to_string(), vec![v])),
+            }
+        }
+    }
+    for a in &wanted {
+        if !authorize(api, &user, a).await {
+            return Err(crate::status::ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: User \"{}\" cannot impersonate resource \"{}\" in API group \"{}\" at the cluster scope",
+                a.resource, a.name, user.name, a.resource, a.group
+            )));
+        }
+    }
+    let mut groups = groups;
+    if name != "system:anonymous" && !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".into());
+    }
+    Ok(User {
+        name,
+        uid: uid.unwrap_or_default(),
+        groups,
+        extra,
+    })
+}
+
 /// Answers a SelfSubjectAccessReview / SubjectAccessReview spec for `user`.
 pub async fn access_review(api: &Api, user: &User, spec: &Value) -> Value {
     let attrs = if let Some(r) = spec.get("resourceAttributes") {

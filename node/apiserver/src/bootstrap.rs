@@ -195,8 +195,203 @@ fn cluster_roles() -> Vec<Value> {
                     &["create"],
                 ),
             ],
-            bootstrap,
+            bootstrap.clone(),
         ),
+        role(
+            "system:kube-scheduler",
+            scheduler_rules(),
+            bootstrap.clone(),
+        ),
+        role(
+            "system:kube-controller-manager",
+            controller_manager_rules(),
+            bootstrap.clone(),
+        ),
+        role("system:node", node_rules(), bootstrap.clone()),
+        role("system:node-proxier", proxier_rules(), bootstrap.clone()),
+        // K3s's CoreDNS role; the embedded DNS needs the same reads.
+        role(
+            "system:coredns",
+            vec![
+                rule(
+                    &[""],
+                    &["endpoints", "services", "pods", "namespaces"],
+                    &["list", "watch"],
+                ),
+                rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["list", "watch"],
+                ),
+            ],
+            json!({"kubernetes.io/bootstrapping": "rbac-defaults", "addonmanager.kubernetes.io/mode": "Reconcile"}),
+        ),
+    ]
+}
+
+const EVENTS: &[&str] = &["create", "patch", "update"];
+const LEASE: &[&str] = &["create", "get", "list", "watch", "update", "patch"];
+
+fn events_and_leases() -> Vec<Value> {
+    vec![
+        rule(&["", "events.k8s.io"], &["events"], EVENTS),
+        rule(&["coordination.k8s.io"], &["leases"], LEASE),
+    ]
+}
+
+/// What the scheduler reads and writes (upstream's `system:kube-scheduler`).
+fn scheduler_rules() -> Vec<Value> {
+    let mut r = events_and_leases();
+    r.extend([
+        rule(&[""], &["pods/binding", "bindings"], &["create"]),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&[""], &["pods"], &["delete", "get", "list", "watch"]),
+        rule(
+            &[""],
+            &[
+                "nodes",
+                "namespaces",
+                "services",
+                "replicationcontrollers",
+                "persistentvolumeclaims",
+                "persistentvolumes",
+            ],
+            READ,
+        ),
+        rule(&["apps"], &["replicasets", "statefulsets"], READ),
+        rule(&["policy"], &["poddisruptionbudgets"], READ),
+        rule(
+            &["storage.k8s.io"],
+            &[
+                "storageclasses",
+                "csinodes",
+                "csidrivers",
+                "csistoragecapacities",
+            ],
+            READ,
+        ),
+    ]);
+    r
+}
+
+/// The controllers run with one identity (K3s does not split it per controller either).
+fn controller_manager_rules() -> Vec<Value> {
+    let all: &[&str] = &["*"];
+    let mut r = events_and_leases();
+    r.extend([
+        rule(
+            &[""],
+            &[
+                "pods",
+                "pods/status",
+                "services",
+                "services/status",
+                "endpoints",
+                "nodes",
+                "nodes/status",
+                "namespaces",
+                "namespaces/finalize",
+                "serviceaccounts",
+                "configmaps",
+                "secrets",
+                "replicationcontrollers",
+                "replicationcontrollers/status",
+                "persistentvolumes",
+                "persistentvolumeclaims",
+                "resourcequotas",
+                "resourcequotas/status",
+            ],
+            all,
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&["apps"], all, all),
+        rule(&["batch"], all, all),
+        rule(&["autoscaling"], all, all),
+        rule(&["policy"], all, all),
+        rule(&["discovery.k8s.io"], &["endpointslices"], all),
+        rule(&["networking.k8s.io"], all, all),
+        rule(&["storage.k8s.io"], all, all),
+        rule(&["certificates.k8s.io"], all, all),
+        rule(&["rbac.authorization.k8s.io"], all, READ),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+        json!({"nonResourceURLs": ["/healthz", "/livez", "/readyz"], "verbs": ["get"]}),
+    ]);
+    r
+}
+
+/// What a kubelet needs (upstream pairs this role with the Node authorizer).
+fn node_rules() -> Vec<Value> {
+    let mut r = events_and_leases();
+    r.extend([
+        rule(
+            &[""],
+            &["nodes"],
+            &[
+                "create", "get", "list", "watch", "patch", "update", "delete",
+            ],
+        ),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&[""], &["pods/eviction"], &["create"]),
+        rule(
+            &[""],
+            &[
+                "configmaps",
+                "secrets",
+                "services",
+                "endpoints",
+                "persistentvolumeclaims",
+                "persistentvolumes",
+            ],
+            READ,
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(
+            &["storage.k8s.io"],
+            &["csidrivers", "csinodes", "volumeattachments"],
+            READ,
+        ),
+        rule(
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+            &["create", "get", "list", "watch"],
+        ),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+    ]);
+    r
+}
+
+/// What the Services proxy reads (upstream's `system:node-proxier`).
+fn proxier_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &["endpoints", "services", "nodes"],
+            &["list", "watch"],
+        ),
+        rule(&[""], &["nodes"], &["get"]),
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["list", "watch"],
+        ),
+        rule(&["", "events.k8s.io"], &["events"], EVENTS),
     ]
 }
 
@@ -236,6 +431,8 @@ pub async fn run(api: &Api) -> Result<(), ApiError> {
     }
     let group =
         |g: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g});
+    let user =
+        |u: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u});
     for (name, role, subjects) in [
         (
             "cluster-admin",
@@ -251,6 +448,28 @@ pub async fn run(api: &Api) -> Result<(), ApiError> {
             "system:basic-user",
             "system:basic-user",
             json!([group("system:authenticated")]),
+        ),
+        (
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            json!([user("system:kube-scheduler")]),
+        ),
+        (
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            json!([user("system:kube-controller-manager")]),
+        ),
+        // Agents authenticate as system:node:<name> in group system:nodes.
+        ("system:node", "system:node", json!([group("system:nodes")])),
+        (
+            "system:node-proxier",
+            "system:node-proxier",
+            json!([user("system:kube-proxy")]),
+        ),
+        (
+            "system:coredns",
+            "system:coredns",
+            json!([{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]),
         ),
         (
             "system:public-info-viewer",

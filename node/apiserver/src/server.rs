@@ -131,6 +131,7 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let user = authenticate(api, cert_user, &req)?;
+    let user = auth::impersonate(api, user, req.headers()).await?;
     let path = req.uri().path().trim_end_matches('/').to_string();
     let path = if path.is_empty() {
         "/".to_string()
