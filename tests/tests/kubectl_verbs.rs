@@ -412,6 +412,30 @@ fn conflicts_invalid_objects_and_rbac() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(c.ok(&["auth", "can-i", "delete", "nodes"])?.trim(), "yes");
+    // `auth can-i --list` (SelfSubjectRulesReview) shows what the view binding grants.
+    let list = c
+        .kubectl_cmd(None)
+        .args([
+            "--token",
+            token.trim(),
+            "auth",
+            "can-i",
+            "--list",
+            "-n",
+            "default",
+        ])
+        .output()?;
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "{listed}"
+    );
+    assert!(
+        !listed.lines().any(|l| l.starts_with("secrets ")),
+        "{listed}"
+    );
     // The components' system: roles, checked by impersonation (kubectl --as / --as-group).
     let can_as = |args: &[&str]| -> anyhow::Result<String> {
         let out = c.kubectl(&[&["auth", "can-i"], args].concat())?;

@@ -229,6 +229,60 @@ pub async fn authorize(api: &Api, user: &User, a: &Attributes) -> bool {
     false
 }
 
+/// A SelfSubjectRulesReview's status: every rule bound to `user` cluster-wide or in
+/// `namespace` (what `kubectl auth can-i --list` prints).
+pub async fn rules_review(api: &Api, user: &User, namespace: &str) -> Value {
+    let mut rules: Vec<Value> = Vec::new();
+    if user.groups.iter().any(|g| g == "system:masters") {
+        rules.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
+        rules.push(json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
+    }
+    let mut bindings: Vec<(Value, &str)> = Vec::new();
+    let prefixes = [
+        (
+            "/registry/rbac.authorization.k8s.io/clusterrolebindings/".to_string(),
+            "",
+        ),
+        (
+            format!("/registry/rbac.authorization.k8s.io/rolebindings/{namespace}/"),
+            namespace,
+        ),
+    ];
+    for (prefix, ns) in &prefixes {
+        if prefix.ends_with("//") {
+            continue;
+        }
+        if let Ok(l) = api.store.list(prefix, None, None, None).await {
+            for kv in &l.items {
+                bindings.push((meta::decode_from_store(&kv.value, kv.mod_revision), ns));
+            }
+        }
+    }
+    for (b, ns) in bindings {
+        let bound = b["subjects"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, ns)));
+        if bound {
+            rules.extend(role_rules(api, &b["roleRef"], ns).await);
+        }
+    }
+    let mut resource_rules = Vec::new();
+    let mut non_resource_rules = Vec::new();
+    for r in rules {
+        if r.get("nonResourceURLs").is_some_and(|u| u.is_array()) {
+            non_resource_rules
+                .push(json!({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}));
+        } else {
+            let mut rr = json!({"verbs": r["verbs"], "apiGroups": r["apiGroups"], "resources": r["resources"]});
+            if r.get("resourceNames").is_some_and(|n| n.is_array()) {
+                rr["resourceNames"] = r["resourceNames"].clone();
+            }
+            resource_rules.push(rr);
+        }
+    }
+    json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false})
+}
+
 /// Upstream's Forbidden message: `User "u" cannot list resource "pods" in API group "" in the namespace "ns"`.
 pub fn forbidden_message(user: &User, a: &Attributes) -> String {
     if let Some(path) = &a.path {

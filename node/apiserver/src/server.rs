@@ -551,8 +551,12 @@ async fn virtual_resource(
             obj["status"] = json!({"userInfo": user.info_json()});
         }
         "SelfSubjectRulesReview" => {
-            obj["status"] =
-                json!({"resourceRules": [], "nonResourceRules": [], "incomplete": true});
+            let ns = obj
+                .pointer("/spec/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            obj["status"] = auth::rules_review(api, user, &ns).await;
         }
         "TokenReview" => {
             let token = obj
