@@ -506,6 +506,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Whether the tests run as root: node clusters (kubelet, netns, nftables) need it.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Polls `f` until it returns Some or the timeout passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -5,17 +5,8 @@
 //! pods get the search path and `ndots:5`, and metrics answer on :9153. Only cluster names are
 //! asked and the node has no upstream, so nothing is forwarded off the machine. Needs root.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::time::Duration;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 const OBJECTS: &str = r#"apiVersion: v1
 kind: Service

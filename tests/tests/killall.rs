@@ -3,17 +3,8 @@
 //! node's network namespace without the bridge, veths, nftables tables or the DNS interface; a
 //! new server on the same data dir brings the cluster back. Needs root.
 
-use k3rs_e2e::{eventually, k3rs_bin, Cluster};
+use k3rs_e2e::{eventually, is_root, k3rs_bin, Cluster};
 use std::time::Duration;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 const OBJECTS: &str = r#"apiVersion: v1
 kind: Pod

@@ -3,21 +3,12 @@
 //! repeating a line, the number of files stays bounded, and `kubectl logs` / `--tail` read the
 //! current file as upstream does. Needs root, as the node does.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Kills a `kubectl logs -f` left running when the test fails.
 struct KillOnDrop(Child);

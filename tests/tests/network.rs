@@ -3,19 +3,10 @@
 //! an upstream listener on the host side of the node's veth; a hostPort answers from outside and
 //! from the node itself; deleting the pods leaves no veths, addresses or DNAT rules. Needs root.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 const PODS: &str = r#"apiVersion: v1
 kind: Pod

@@ -2,17 +2,8 @@
 //! pod off, an allow rule re-opens exactly the port it names, egress rules hold, and removing the
 //! policies leaves no chains behind. Needs root, as the node does.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::time::Duration;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 const PODS: &str = r#"apiVersion: v1
 kind: Pod

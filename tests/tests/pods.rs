@@ -1,17 +1,8 @@
 //! Pods run for real on the in-process kubelet (youki's libcontainer in per-container shims),
 //! driven through real kubectl. Needs root, as the node does.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn pod_yaml(name: &str, node: &str, body: &str) -> String {
     format!(

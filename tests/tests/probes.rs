@@ -1,19 +1,10 @@
 //! Container probes and lifecycle hooks on the in-process kubelet, driven through real kubectl.
 //! Needs root, as the node does.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn pod_yaml(name: &str, node: &str, body: &str) -> String {
     format!(

@@ -4,19 +4,10 @@
 //! deleting everything leaves no rule for it. `--disable servicelb` leaves LoadBalancers pending.
 //! Needs root.
 
-use k3rs_e2e::{eventually, Cluster};
+use k3rs_e2e::{eventually, is_root, Cluster};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn web_pod(name: &str) -> String {
     format!(
