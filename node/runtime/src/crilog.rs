@@ -91,7 +91,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 pub struct RotatingLog {
     path: PathBuf,
     file: File,
+    /// Bytes in `file`.
     size: u64,
+    /// Whole records not written yet: one `write` per [`RecordSink::flush`] (the shim flushes
+    /// after each read of container output) instead of one per line.
+    buf: Vec<u8>,
     limits: LogRotation,
     /// The clock for rotated names, replaceable in tests.
     stamp: fn() -> String,
@@ -115,6 +119,7 @@ impl RotatingLog {
             path,
             file,
             size,
+            buf: Vec::new(),
             limits: LogRotation {
                 max_size: limits.max_size.max(1),
                 max_files: limits.max_files.max(2),
@@ -198,8 +203,9 @@ pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
 
 impl RecordSink for RotatingLog {
     fn write_record(&mut self, record: &[u8]) -> io::Result<()> {
-        let len = record.len() as u64;
-        if self.size > 0 && self.size + len > self.limits.max_size {
+        let held = self.size + self.buf.len() as u64;
+        if held > 0 && held + record.len() as u64 > self.limits.max_size {
+            self.flush()?;
             if let Err(e) = self.rotate() {
                 // Keep logging into whatever file is open; try again after another max_size.
                 // The shim's own stderr is its log.
@@ -207,13 +213,25 @@ impl RecordSink for RotatingLog {
                 self.size = 0;
             }
         }
-        self.file.write_all(record)?;
-        self.size += record.len() as u64;
+        self.buf.extend_from_slice(record);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // Dropped on error too: a full disk must not make the shim's memory grow.
+        let r = self.file.write_all(&self.buf);
+        self.size += self.buf.len() as u64;
+        self.buf.clear();
+        r
+    }
+}
+
+impl Drop for RotatingLog {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -433,8 +451,11 @@ mod tests {
         };
         let mut log = RotatingLog::open(&path, limits).unwrap();
         log.write_record(&[b'y'; 99]).unwrap();
+        log.flush().unwrap();
         assert!(log.rotated().is_empty());
+        assert_eq!(fs::read(&path).unwrap().len(), 999);
         log.write_record(b"z\n").unwrap();
+        log.flush().unwrap();
         let rotated = log.rotated();
         assert_eq!(rotated.len(), 1);
         assert_eq!(fs::read(&rotated[0]).unwrap().len(), 999);
