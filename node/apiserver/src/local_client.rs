@@ -23,6 +23,34 @@ impl LocalClient {
         LocalClient { api }
     }
 
+    /// An API server on an in-memory store with K3s's default service network, for the
+    /// components' tests and benchmarks. Returns once the bootstrap objects (system namespaces,
+    /// their default ServiceAccounts, which pods need at admission) exist.
+    pub async fn in_memory() -> Result<Arc<dyn Client>, crate::Error> {
+        use std::net::{IpAddr, Ipv4Addr};
+        let info = crate::ServerInfo {
+            advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 6443,
+            service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
+            service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
+        };
+        let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new()).await?;
+        let client: Arc<dyn Client> = Arc::new(LocalClient::new(api));
+        let sa = Resource::core("serviceaccounts");
+        for _ in 0..1000 {
+            if client
+                .get(&sa, Some("kube-system"), "default")
+                .await
+                .is_ok()
+                && client.get(&sa, Some("default"), "default").await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(client)
+    }
+
     fn resolve(&self, r: &Resource) -> Result<Arc<ResourceType>, ClientError> {
         self.api
             .find(&r.group, &r.version, &r.plural)

@@ -2,41 +2,15 @@
 //! marks pods Running+Ready, or Succeeded for Job pods, and finishes graceful deletions).
 
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, DeleteParams, ListParams, Patch, Resource, WatchEvent};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn client() -> Arc<dyn Client> {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    let c: Arc<dyn Client> = Arc::new(LocalClient::new(api));
-    // Pods need the namespace's default ServiceAccount, which the API server creates shortly after start.
-    for _ in 0..500 {
-        if c.get(
-            &Resource::core("serviceaccounts"),
-            Some("default"),
-            "default",
-        )
-        .await
-        .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    c
+    LocalClient::in_memory().await.expect("api")
 }
 
 fn pods() -> Resource {

@@ -2,38 +2,13 @@
 //! conditions, nodeName and named ports.
 
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, ListParams, Patch, Resource};
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 async fn client() -> Arc<dyn Client> {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    let c: Arc<dyn Client> = Arc::new(LocalClient::new(api));
-    for _ in 0..500 {
-        if c.get(
-            &Resource::core("serviceaccounts"),
-            Some("default"),
-            "default",
-        )
-        .await
-        .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    c
+    LocalClient::in_memory().await.expect("api")
 }
 
 async fn pod(c: &Arc<dyn Client>, name: &str, ip: &str, port: u16) {

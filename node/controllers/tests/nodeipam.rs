@@ -1,11 +1,9 @@
 //! The node IPAM controller against a real `Api` over the in-memory store.
 
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, Resource};
 use k3rs_controllers::nodeipam::NodeIpamController;
 use serde_json::json;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,16 +17,7 @@ async fn node_cidr(client: &Arc<dyn Client>, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_get_distinct_cidrs_and_keep_them_across_restarts() {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    let client: Arc<dyn Client> = Arc::new(LocalClient::new(api));
+    let client = LocalClient::in_memory().await.expect("api");
     let nodes = Resource::core("nodes");
     let mk = |name: &str, cidr: Option<&str>| {
         let mut n =

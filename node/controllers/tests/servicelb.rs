@@ -1,25 +1,14 @@
 //! ServiceLB against a real `Api` over the in-memory store.
 
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, DeleteParams, Patch, Resource};
 use k3rs_controllers::servicelb::ServiceLbController;
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 async fn client() -> Arc<dyn Client> {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    Arc::new(LocalClient::new(api))
+    LocalClient::in_memory().await.expect("api")
 }
 
 async fn ingress(c: &Arc<dyn Client>, name: &str) -> Value {

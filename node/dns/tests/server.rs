@@ -9,7 +9,6 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::Resolver;
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, DeleteParams, Patch, Resource};
 use k3rs_dns::{Config, DnsServer, Records};
 use serde_json::{json, Value};
@@ -23,27 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 10);
 
 async fn api_client() -> Arc<dyn Client> {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    let c: Arc<dyn Client> = Arc::new(LocalClient::new(api));
-    // Namespaces are bootstrapped shortly after start.
-    for _ in 0..500 {
-        if c.get(&Resource::core("namespaces"), None, "kube-system")
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    c
+    LocalClient::in_memory().await.expect("api")
 }
 
 fn services() -> Resource {

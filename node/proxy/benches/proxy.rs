@@ -9,14 +9,12 @@ mod common;
 
 use common::{tcp, Server, Topology, NODE_IP};
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
-use k3rs_client::{Client, Resource};
+use k3rs_client::Resource;
 use k3rs_proxy::model::SERVICE_NAME_LABEL;
 use k3rs_proxy::render::render;
 use k3rs_proxy::{slice_resource, Nft, Proxy, ProxyConfig};
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SERVICES: usize = 1000;
@@ -99,16 +97,7 @@ async fn run() {
     stats("apply (nft -f, delete + re-create the table)", applies);
 
     // Propagation through the API and the proxy's informers.
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    let c: Arc<dyn Client> = Arc::new(LocalClient::new(api));
+    let c = LocalClient::in_memory().await.expect("api");
     let svcs = Resource::core("services");
     let mut cips = Vec::new();
     let t0 = Instant::now();

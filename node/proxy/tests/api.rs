@@ -5,26 +5,16 @@ mod common;
 
 use common::{tcp, tcp_names, Server, Topology, NODE_IP};
 use k3rs_apiserver::local_client::LocalClient;
-use k3rs_apiserver::{Api, ServerInfo};
 use k3rs_client::{Client, DeleteParams, Resource};
 use k3rs_proxy::model::SERVICE_NAME_LABEL;
 use k3rs_proxy::{slice_resource, Nft, Proxy, ProxyConfig};
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn client() -> Arc<dyn Client> {
-    let info = ServerInfo {
-        advertise_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 6443,
-        service_ip: IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1)),
-        service_cidr: (Ipv4Addr::new(10, 43, 0, 0), 16),
-    };
-    let api = Api::start(k3rs_store::Store::in_memory(), None, info, String::new())
-        .await
-        .expect("api");
-    Arc::new(LocalClient::new(api))
+    LocalClient::in_memory().await.expect("api")
 }
 
 fn slice(pods: &[usize]) -> Value {
