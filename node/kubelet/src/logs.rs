@@ -208,6 +208,9 @@ impl LogFollower {
             }
             // Rotated: whatever was written before the rename is there now.
             self.file.read_to_end(&mut buf)?;
+            // The current file is opened before the rotated ones are listed, so a file rotated
+            // between the held one and it is in the list (unless deleted already).
+            let current = std::fs::File::open(&self.path).ok();
             let rotated = k3rs_runtime::crilog::rotated_files(&self.path);
             let newer = match rotated
                 .iter()
@@ -217,11 +220,11 @@ impl LogFollower {
                 // Ours was deleted already, and deletion goes oldest first.
                 None => &rotated[..],
             };
-            let next = newer
+            match newer
                 .iter()
-                .chain(std::iter::once(&self.path))
-                .find_map(|p| std::fs::File::open(p).ok());
-            match next {
+                .find_map(|p| std::fs::File::open(p).ok())
+                .or(current)
+            {
                 Some(f) => self.file = f,
                 None => break,
             }
