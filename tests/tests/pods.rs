@@ -198,5 +198,10 @@ fn deletion_honours_grace_and_pods_survive_a_daemon_crash() -> anyhow::Result<()
     );
     let sandboxes = std::fs::read_dir(c.data_dir().join("agent/containers/sandboxes"))?.count();
     assert_eq!(sandboxes, 0, "sandbox directories removed");
+    let pod_logs: Vec<_> = std::fs::read_dir(c.data_dir().join("agent/logs/pods"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(pod_logs.is_empty(), "pod log directories left: {pod_logs:?}");
     Ok(())
 }

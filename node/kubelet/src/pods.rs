@@ -1204,9 +1204,11 @@ impl Pods {
         }
     }
 
-    /// Stops every container of the pod within `grace`, then removes them, the sandbox and volumes.
+    /// Stops every container of the pod within `grace`, then removes them, the sandbox, volumes
+    /// and the pod's log directory (as the kubelet does once a pod is gone).
     async fn teardown(&self, pod: &Value, grace: Duration) {
-        let (_, _, uid) = pod_key(pod);
+        let (ns, name, uid) = pod_key(pod);
+        let pod_logs = self.cfg.logs_root().join(format!("{ns}_{name}_{uid}"));
         // preStop hooks run first, within the grace period; the stop signal gets what is left.
         let grace = self.prober.pre_stop_pod(pod, grace).await;
         let images = self.images.clone();
@@ -1238,6 +1240,11 @@ impl Pods {
             network.detach(&uid2);
             let _ = rt.remove_sandbox(&uid2);
             volumes::cleanup(&root.join("pods").join(&uid2));
+            if let Err(e) = std::fs::remove_dir_all(&pod_logs) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(dir = %pod_logs.display(), error = %e, "removing pod logs");
+                }
+            }
         })
         .await;
         info!(pod_uid = %uid, "pod torn down");
