@@ -106,6 +106,7 @@ pub fn render(inp: &Inputs) -> String {
     let mut out = String::new();
     let mut chains = String::new();
     let mut maps: [Vec<(String, String)>; 2] = [Vec::new(), Vec::new()];
+    let mut sets = PeerSets::default();
     for (i, target) in local.iter().enumerate() {
         let selecting: Vec<&Value> = policies
             .iter()
@@ -140,7 +141,7 @@ pub fn render(inp: &Inputs) -> String {
                     .into_iter()
                     .flatten()
                 {
-                    for line in rule_lines(rule, dir, pol, target, &pods, &ns_labels) {
+                    for line in rule_lines(rule, dir, pol, target, &pods, &ns_labels, &mut sets) {
                         let _ = writeln!(chains, "    {line}");
                     }
                 }
@@ -165,8 +166,34 @@ pub fn render(inp: &Inputs) -> String {
         let _ = writeln!(out, "    ip {field} vmap {{ {} }}", elems.join(", "));
     }
     out.push_str("  }\n");
+    for (elements, n) in &sets.by_elements {
+        let _ = writeln!(
+            out,
+            "  set peers-{n} {{\n    type ipv4_addr\n    elements = {{ {elements} }}\n  }}"
+        );
+    }
     out.push_str(&chains);
     out
+}
+
+/// Peer address lists shared by many rules (one policy selects many pods): each distinct list
+/// becomes one named set, so the table holds it once instead of once per rule.
+#[derive(Default)]
+struct PeerSets {
+    by_elements: BTreeMap<String, usize>,
+}
+
+impl PeerSets {
+    /// The nft match of `field` against these addresses: inline for one, a set for more.
+    fn matcher(&mut self, field: &str, ips: BTreeSet<&str>) -> String {
+        if ips.len() == 1 {
+            return format!("ip {field} {}", ips.into_iter().next().unwrap_or_default());
+        }
+        let elements = ips.into_iter().collect::<Vec<_>>().join(", ");
+        let next = self.by_elements.len();
+        let n = *self.by_elements.entry(elements).or_insert(next);
+        format!("ip {field} @peers-{n}")
+    }
 }
 
 fn namespace_of(v: &Value) -> &str {
@@ -209,6 +236,7 @@ fn rule_lines(
     target: &PodRef,
     pods: &[PodRef],
     ns_labels: &BTreeMap<&str, &Value>,
+    sets: &mut PeerSets,
 ) -> Vec<String> {
     let verdict = dir.allow();
     let field = dir.peer_field();
@@ -262,11 +290,7 @@ fn rule_lines(
                         }
                     }
                 } else {
-                    let ips: BTreeSet<&str> = list.iter().map(|p| p.ip).collect();
-                    let m = format!(
-                        "ip {field} {{ {} }}",
-                        ips.into_iter().collect::<Vec<_>>().join(", ")
-                    );
+                    let m = sets.matcher(field, list.iter().map(|p| p.ip).collect());
                     let resolve_on = (dir == Direction::Ingress).then_some(target.pod);
                     for pe in port_exprs(resolve_on) {
                         lines.push(join(&[&m, &pe, verdict]));
@@ -463,9 +487,10 @@ mod tests {
             "{out}"
         );
         for l in [
-            "ip saddr { 10.42.0.6, 10.42.1.7 } meta l4proto tcp th dport 80 accept",
-            "ip saddr { 10.42.0.6, 10.42.1.7 } meta l4proto tcp th dport 8080 accept",
-            "ip saddr { 10.42.0.6, 10.42.1.7 } meta l4proto udp th dport 5000-5010 accept",
+            "set peers-0 {\n    type ipv4_addr\n    elements = { 10.42.0.6, 10.42.1.7 }\n  }",
+            "ip saddr @peers-0 meta l4proto tcp th dport 80 accept",
+            "ip saddr @peers-0 meta l4proto tcp th dport 8080 accept",
+            "ip saddr @peers-0 meta l4proto udp th dport 5000-5010 accept",
         ] {
             assert!(out.contains(l), "missing {l}: {out}");
         }
@@ -483,7 +508,7 @@ mod tests {
             ),
             policy("ops", "open", json!({"podSelector": {}, "ingress": [{}]})),
         ]);
-        assert!(out.contains("ip saddr { 10.42.0.9 } accept"), "{out}");
+        assert!(out.contains("ip saddr 10.42.0.9 accept"), "{out}");
         assert!(
             out.contains("ip saddr 192.168.0.0/16 ip saddr != { 192.168.1.0/24 } accept"),
             "{out}"
