@@ -43,6 +43,8 @@ usage: k3rs-pod-bench [options]
                    sends at most 5 requests/s after a burst of 10, so one process is slow)
   --grace S        terminationGracePeriodSeconds of the pods (default 1; busybox sleep as PID 1
                    ignores SIGTERM, so teardown waits this long per pod, in parallel)
+  --hold S         keep the pods running S seconds more before the memory samples (to attach
+                   a profiler; default 0)
   --timeout S      longest wait for all pods to run, and for all to be deleted (default 300)
 
 Needs root. Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info); the server log
@@ -60,6 +62,7 @@ struct Args {
     parallel: usize,
     grace: u64,
     timeout: Duration,
+    hold: Duration,
 }
 
 fn default_binary() -> PathBuf {
@@ -83,6 +86,7 @@ fn parse_args() -> Result<Option<Args>> {
         parallel: 10,
         grace: 1,
         timeout: Duration::from_secs(300),
+        hold: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -116,6 +120,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--parallel" => args.parallel = number(1)? as usize,
             "--grace" => args.grace = number(0)?,
             "--timeout" => args.timeout = Duration::from_secs(number(1)?),
+            "--hold" => args.hold = Duration::from_secs(number(0)?),
             _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
         }
     }
@@ -266,6 +271,22 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("bad /proc/{pid}/stat"))
+    };
+    // utime and stime are fields 14 and 15, here 11 and 12 (0-based from state); 100 ticks/s.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
 fn mem_available_kib() -> Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
     meminfo
@@ -395,6 +416,7 @@ fn measure(c: &Cluster, args: &Args) -> Result<()> {
     // The watch has no pods to print; give it time to connect before the first create.
     std::thread::sleep(Duration::from_secs(2));
 
+    let cpu_before = cpu_time(pid)?;
     let (ctx, created_rx) = mpsc::channel();
     let first_create = Instant::now();
     let mut creators = Vec::new();
@@ -458,7 +480,19 @@ fn measure(c: &Cluster, args: &Args) -> Result<()> {
         .collect();
     latencies.sort_unstable();
 
+    let cpu_start = cpu_time(pid)?.saturating_sub(cpu_before);
+    if !args.hold.is_zero() {
+        println!("all {} pods running; holding {:?}", args.pods, args.hold);
+        std::thread::sleep(args.hold);
+    }
+    let cpu_settle = cpu_time(pid)?;
     std::thread::sleep(SETTLE);
+    let cpu_idle = cpu_time(pid)?.saturating_sub(cpu_settle);
+    // Every watch event of a running pod after all are running is a status write nobody needed.
+    let idle_writes = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::Running(..)))
+        .count();
     let rss_loaded = status_kib(pid, "VmRSS:")?;
     let avail_after = mem_available_kib()?;
     let shim_list = shims(&c.data_dir());
@@ -496,6 +530,16 @@ fn measure(c: &Cluster, args: &Args) -> Result<()> {
         ms(last_created.duration_since(first_create)),
         args.parallel,
         ms(last_running.duration_since(first_create))
+    );
+    println!(
+        "node daemon CPU: {} during the start phase; {:.1}% of one core with {} pods running",
+        ms(cpu_start),
+        cpu_idle.as_secs_f64() * 100.0 / SETTLE.as_secs_f64(),
+        args.pods
+    );
+    println!(
+        "pod updates seen by the watch while all pods ran ({:?} + hold): {idle_writes}",
+        SETTLE
     );
     println!("node daemon (k3rs server, pid {pid}) VmRSS");
     println!(
