@@ -93,7 +93,28 @@ struct ContainerMemo {
 struct Worker {
     memo: HashMap<String, ContainerMemo>,
     last_status: Value,
+    /// The pod as our last status write returned it: newer than the watch events still queued.
+    written: Option<Value>,
     probes: PodProbes,
+}
+
+/// A pod's `metadata.resourceVersion` as a number (the store's revision); None if it is not one.
+fn resource_version(pod: &Value) -> Option<u64> {
+    pod.pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Whether `candidate` is at least as new as `current`. A stale watch event must not replace
+/// the pod a status write returned: the worker would compute its status from older conditions
+/// (e.g. without `PodScheduled`), write them back, get the newer event, write again, and so on
+/// forever — every pod patched tens of times a second.
+fn not_older(candidate: &Value, current: &Value) -> bool {
+    match (resource_version(candidate), resource_version(current)) {
+        (Some(a), Some(b)) => a >= b,
+        _ => true,
+    }
 }
 
 fn pod_key(pod: &Value) -> (String, String, String) {
@@ -245,6 +266,7 @@ impl Pods {
         let mut w = Worker {
             memo: HashMap::new(),
             last_status: pod["status"].clone(),
+            written: None,
             probes: PodProbes::default(),
         };
         self.adopt(&pod, &mut w).await;
@@ -254,9 +276,15 @@ impl Pods {
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "sync failed"),
             }
+            if let Some(p) = w.written.take() {
+                if not_older(&p, &pod) {
+                    pod = p;
+                }
+            }
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Update(p)) => pod = p,
+                    Some(Msg::Update(p)) if not_older(&p, &pod) => pod = p,
+                    Some(Msg::Update(_)) => {}
                     Some(Msg::Gone) | None => {
                         self.teardown(&pod, Duration::from_secs(0)).await;
                         return;
@@ -945,6 +973,7 @@ impl Pods {
         {
             Ok(p) => {
                 w.last_status = p["status"].clone();
+                w.written = Some(p);
                 Ok(())
             }
             Err(e) if e.is_not_found() => Ok(()),
@@ -1348,6 +1377,18 @@ fn resource_field(c: &Value, r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_pod_events_do_not_replace_a_newer_pod() {
+        let at = |rv: &str| json!({"metadata": {"resourceVersion": rv}});
+        assert!(not_older(&at("12"), &at("11")));
+        assert!(not_older(&at("12"), &at("12")));
+        // Numeric, not lexicographic: revision 9 is older than 10.
+        assert!(!not_older(&at("9"), &at("10")));
+        // Without a numeric revision on either side the event is taken.
+        assert!(not_older(&json!({}), &at("10")));
+        assert!(not_older(&at("x"), &at("10")));
+    }
 
     #[test]
     fn log_layout_follows_cri() {
