@@ -282,6 +282,9 @@ async fn route(
         (Method::GET | Method::POST, Some(n), Some("exec")) => {
             crate::streaming::exec(api, &t, n, req).await
         }
+        (Method::GET | Method::POST, Some(n), Some("portforward")) => {
+            crate::portforward::port_forward(api, &t, n, req).await
+        }
         (Method::GET, Some(n), Some("scale")) => {
             let obj = objects::get(api, &t, n).await?;
             Ok(body::json_response(200, &objects::to_scale(&rt, &obj)))

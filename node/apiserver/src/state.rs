@@ -156,6 +156,8 @@ pub struct Api {
     pub pod_logs: RwLock<Option<Arc<dyn k3rs_client::PodLogs>>>,
     /// Exec into the local node's pods, once its kubelet runs.
     pub pod_exec: RwLock<Option<Arc<dyn k3rs_client::PodExec>>>,
+    /// Port-forward into the local node's pods, once its kubelet runs.
+    pub pod_port_forward: RwLock<Option<Arc<dyn k3rs_client::PodPortForward>>>,
 }
 
 impl Api {
@@ -180,6 +182,7 @@ impl Api {
             cluster_ca_pem,
             pod_logs: RwLock::new(None),
             pod_exec: RwLock::new(None),
+            pod_port_forward: RwLock::new(None),
         });
         api.reload_crds().await?;
         crate::bootstrap::run(&api)

@@ -264,3 +264,16 @@ pub trait PodExec: Send + Sync {
         request: &'a ExecRequest,
     ) -> BoxFuture<'a, Result<ExecSession>>;
 }
+
+/// Opens TCP connections to a pod's ports (`kubectl port-forward`); implemented by the node
+/// that runs the pod.
+pub trait PodPortForward: Send + Sync {
+    fn connect<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+        host_network: bool,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream>>;
+}

@@ -288,6 +288,13 @@ async fn serve(args: ServerArgs) -> Result<()> {
             .context("starting the kubelet")?;
             *server.api.pod_exec.write().expect("pod exec lock") =
                 Some(k3rs_kubelet::exec::pod_exec(kubelet.pods.clone()));
+            *server
+                .api
+                .pod_port_forward
+                .write()
+                .expect("pod port-forward lock") = Some(
+                k3rs_kubelet::portforward::pod_port_forward(kubelet.pods.clone()),
+            );
             *server.api.pod_logs.write().expect("pod logs lock") =
                 Some(k3rs_kubelet::logs::pod_logs(kubelet.pods.clone()));
             // Cluster DNS (CoreDNS's job in K3s) on the cluster DNS IP; `--disable coredns` turns it off.

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod portforward;
 pub mod probes;
 pub mod volumes;
 

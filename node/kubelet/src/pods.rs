@@ -168,6 +168,11 @@ impl Pods {
         &self.runtime
     }
 
+    /// The pod network (pod addresses for port-forward).
+    pub fn network(&self) -> &Arc<crate::network::Network> {
+        &self.cfg.network
+    }
+
     pub fn logs_root(&self) -> PathBuf {
         self.cfg.logs_root()
     }
