@@ -201,7 +201,7 @@ where
 }
 
 /// Messages to the session's writer task.
-enum Out {
+pub(crate) enum Out {
     Frame(Frame),
     /// The peer granted more send window (stream 0: the session).
     Window(u32, u32),
@@ -299,7 +299,10 @@ impl Writer {
     }
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Out>) {
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) {
     let mut encoder = match Encoder::new() {
         Ok(e) => e,
         Err(e) => return debug!(error = %e, "SPDY encoder"),
@@ -477,7 +480,7 @@ where
 }
 
 /// Tells the peer it may send `n` more bytes on a stream and on the session.
-fn grant(out: &mpsc::UnboundedSender<Out>, stream_id: u32, n: u32) {
+pub(crate) fn grant(out: &mpsc::UnboundedSender<Out>, stream_id: u32, n: u32) {
     if n == 0 {
         return;
     }
@@ -493,7 +496,7 @@ fn grant(out: &mpsc::UnboundedSender<Out>, stream_id: u32, n: u32) {
     }));
 }
 
-fn data(stream_id: u32, flags: u8, data: Vec<u8>) -> Out {
+pub(crate) fn data(stream_id: u32, flags: u8, data: Vec<u8>) -> Out {
     Out::Frame(Frame::Data {
         stream_id,
         flags,

@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info_span, Instrument};
 
 const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The channel protocol served over SPDY/3.1 (kubectl 1.27–1.29; 1.29 also offers v5, which
+/// over SPDY only adds closing stdin, the same as a FIN here).
+const SPDY_PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// All values of a repeated query parameter (`command=sh&command=-c`).
 fn repeated(query: Option<&str>, key: &str) -> Vec<String> {
@@ -88,9 +91,58 @@ pub async fn exec(
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let is_spdy = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if is_spdy {
+        // kubectl 1.27–1.29: SPDY/3.1 with one stream per channel.
+        let offered: Vec<String> = headers
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        if !offered.iter().any(|p| p == SPDY_PROTOCOL) {
+            return Err(ApiError::bad_request(format!(
+                "unsupported streaming protocols {offered:?}; supported over SPDY: [{SPDY_PROTOCOL:?}]"
+            )));
+        }
+        let ns = t.namespace.unwrap_or("default").to_string();
+        let uid = crate::meta::uid(&pod).unwrap_or("").to_string();
+        let session = node
+            .exec(&ns, name, &uid, &request)
+            .await
+            .map_err(|e| ApiError::bad_request(e.message))?;
+        let want = Wanted {
+            stdout: flag("stdout"),
+            stderr: flag("stderr") && !request.tty,
+        };
+        let span = info_span!("exec", namespace = %ns, pod = %name, container = %request.container, protocol = "spdy");
+        tokio::spawn(
+            async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(u) => spdy_pump(TokioIo::new(u), session, want, command).await,
+                    Err(e) => debug!(error = %e, "SPDY upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+        let mut resp = Response::new(body::full(Vec::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            "x-stream-protocol-version",
+            HeaderValue::from_static(SPDY_PROTOCOL),
+        );
+        return Ok(resp);
+    }
     if !is_websocket {
-        // kubectl 1.27–1.29 speak SPDY/3.1 here; those versions are not served yet.
-        return Err(ApiError::bad_request("exec needs a WebSocket upgrade (v5.channel.k8s.io, kubectl 1.30+); SPDY is not supported yet"));
+        return Err(ApiError::bad_request(
+            "exec needs an upgrade: WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) or SPDY/3.1 (v4.channel.k8s.io)",
+        ));
     }
     let offered: Vec<String> = headers
         .get_all("sec-websocket-protocol")
@@ -201,6 +253,184 @@ async fn pump<S>(
     };
     let _ = sink.send(Message::Close(Some(normal))).await;
     let _ = sink.close().await;
+}
+
+/// Which streams the client opens over SPDY besides `error`, from the query.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    stdout: bool,
+    stderr: bool,
+}
+
+/// Exec over SPDY/3.1: the client opens `streamType: error`, then `stdin`, `stdout`, `stderr`
+/// (not with a TTY) and `resize` (with a TTY) streams; each gets an empty SYN_REPLY. stdin
+/// DATA goes to the process (its FIN is EOF); stdout and stderr go out as DATA on their
+/// streams, then FIN; last the exit status JSON on the error stream, then FIN.
+async fn spdy_pump<S>(
+    io: S,
+    mut session: k3rs_client::ExecSession,
+    want: Wanted,
+    command: Vec<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use crate::portforward::{data, grant, write_frames, Out};
+    use crate::spdy::{self, Decoder, Frame};
+    use tokio::io::AsyncReadExt;
+
+    let (mut r, w) = tokio::io::split(io);
+    let (out, out_rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
+    let writer = tokio::spawn(write_frames(w, out_rx));
+    let mut decoder = Decoder::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    // stdin goes through an unbounded queue so a process that is not reading its stdin never
+    // stops us from pumping its stdout (the queue's task ends, closing stdin, when we drop
+    // our end).
+    let mut stdin = session.stdin.take().map(|tx| {
+        let (q, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                if tx.send(c).await.is_err() {
+                    break;
+                }
+            }
+        });
+        q
+    });
+    let (mut error_id, mut stdin_id, mut stdout_id, mut stderr_id) = (None, None, None, None);
+    let (mut out_open, mut err_open, mut reading) = (true, true, true);
+    let mut last_stream = 0;
+    loop {
+        // Output waits until its stream exists (or is not wanted: then it is dropped).
+        let out_ready = out_open && (stdout_id.is_some() || !want.stdout);
+        let err_ready = err_open && (stderr_id.is_some() || !want.stderr);
+        tokio::select! {
+            n = r.read(&mut chunk), if reading => {
+                let n = match n {
+                    Ok(0) | Err(_) => {
+                        reading = false;
+                        stdin = None;
+                        continue;
+                    }
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut used = 0;
+                loop {
+                    let (frame, len) = match decoder.decode(&buf[used..]) {
+                        Ok(Some(x)) => x,
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(error = %e, "bad SPDY frame");
+                            reading = false;
+                            stdin = None;
+                            break;
+                        }
+                    };
+                    used += len;
+                    match frame {
+                        Frame::SynStream { stream_id, headers, .. } => {
+                            last_stream = stream_id;
+                            let _ = out.send(Out::Frame(Frame::SynReply {
+                                stream_id,
+                                flags: 0,
+                                headers: Vec::new(),
+                            }));
+                            match spdy::header(&headers, "streamtype") {
+                                Some("error") => error_id = Some(stream_id),
+                                Some("stdin") => stdin_id = Some(stream_id),
+                                Some("stdout") => stdout_id = Some(stream_id),
+                                Some("stderr") => stderr_id = Some(stream_id),
+                                // Resize needs a TTY, which exec does not allocate yet.
+                                _ => {}
+                            }
+                        }
+                        Frame::Data { stream_id, flags, data } => {
+                            let n = data.len() as u32;
+                            if Some(stream_id) == stdin_id {
+                                if let Some(tx) = &stdin {
+                                    if !data.is_empty() && tx.send(data).is_err() {
+                                        stdin = None;
+                                    }
+                                }
+                                if flags & spdy::FLAG_FIN != 0 {
+                                    stdin = None;
+                                }
+                            }
+                            grant(&out, stream_id, n);
+                        }
+                        Frame::RstStream { stream_id, .. } => {
+                            if Some(stream_id) == stdin_id {
+                                stdin = None;
+                            }
+                            let _ = out.send(Out::Reset(stream_id));
+                        }
+                        Frame::Settings { entries, .. } => {
+                            for (_, id, value) in entries {
+                                if id == spdy::SETTINGS_INITIAL_WINDOW_SIZE {
+                                    let _ = out.send(Out::InitialWindow(value));
+                                }
+                            }
+                        }
+                        Frame::WindowUpdate { stream_id, delta } => {
+                            let _ = out.send(Out::Window(stream_id, delta));
+                        }
+                        Frame::Ping { id } if id % 2 == 1 => {
+                            let _ = out.send(Out::Frame(Frame::Ping { id }));
+                        }
+                        Frame::GoAway { .. } => {
+                            reading = false;
+                            stdin = None;
+                        }
+                        _ => {}
+                    }
+                }
+                buf.drain(..used);
+            }
+            c = session.stdout.recv(), if out_ready => match (c, stdout_id) {
+                (Some(c), Some(id)) => { let _ = out.send(data(id, 0, c)); }
+                (Some(_), None) => {}
+                (None, _) => out_open = false,
+            },
+            c = session.stderr.recv(), if err_ready => match (c, stderr_id) {
+                (Some(c), Some(id)) => { let _ = out.send(data(id, 0, c)); }
+                (Some(_), None) => {}
+                (None, _) => err_open = false,
+            },
+        }
+        if !out_open && !err_open && (error_id.is_some() || !reading) {
+            break;
+        }
+    }
+    drop(stdin);
+    let code = session.exit.await.unwrap_or(255);
+    for id in [stdout_id, stderr_id].into_iter().flatten() {
+        let _ = out.send(data(id, spdy::FLAG_FIN, Vec::new()));
+    }
+    if let Some(id) = error_id {
+        // v4: a Status object; success may also be an empty stream, kubectl accepts both.
+        let status = serde_json::to_vec(&exit_status(code, &command)).unwrap_or_default();
+        let _ = out.send(data(id, 0, status));
+        let _ = out.send(data(id, spdy::FLAG_FIN, Vec::new()));
+    }
+    // Let the client read everything and hang up; do not wait for it forever.
+    let drain = async {
+        if reading {
+            while let Ok(n) = r.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    let _ = out.send(Out::Frame(Frame::GoAway {
+        last_good: last_stream,
+        status: 0,
+    }));
+    drop(out);
+    let _ = writer.await;
 }
 
 #[cfg(test)]
