@@ -18,7 +18,7 @@ spec:
   - name: web
     image: busybox:test
     imagePullPolicy: Never
-    command: ["nc", "-ll", "-p", "8080", "-e", "echo", "hi"]
+    command: ["sh", "-c", "nc -ll -p 8081 -e cat /bin/busybox & exec nc -ll -p 8080 -e echo hi"]
 "#;
 
 /// A running `kubectl port-forward`, killed on drop.
@@ -99,13 +99,17 @@ impl Forward {
 }
 
 /// What a client connecting to `127.0.0.1:port` in the node's namespace receives.
-fn fetch(c: &Cluster, port: u16) -> String {
+fn fetch_bytes(c: &Cluster, port: u16) -> Vec<u8> {
     c.command("busybox")
         .args(["nc", "-w", "5", "127.0.0.1", &port.to_string()])
         .stdin(Stdio::null())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map(|o| o.stdout)
         .unwrap_or_default()
+}
+
+fn fetch(c: &Cluster, port: u16) -> String {
+    String::from_utf8_lossy(&fetch_bytes(c, port)).into_owned()
 }
 
 #[test]
@@ -164,6 +168,27 @@ fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
             "kubectl {version:?} did not {method} the upgrade: {log}"
         );
         drop(f);
+
+        // A bulk transfer, far beyond one flow-control window: the pod sends its busybox
+        // binary (the host's, the image is built from it).
+        let want = std::fs::read("/bin/busybox")?;
+        let f = Forward::start(&c, version, local + 10, 8081)?;
+        let started = Instant::now();
+        let got = fetch_bytes(&c, local + 10);
+        let took = started.elapsed();
+        assert!(
+            got == want,
+            "kubectl {version:?}: got {} of {} bytes; kubectl: {}",
+            got.len(),
+            want.len(),
+            f.stderr()
+        );
+        eprintln!(
+            "kubectl {}: {} bytes in {took:?} ({:.0} MB/s)",
+            version.unwrap_or("1.33"),
+            got.len(),
+            got.len() as f64 / took.as_secs_f64() / 1e6
+        );
     }
 
     // Nothing listens on 9999: the connection gets nothing, kubectl hears why on the error
