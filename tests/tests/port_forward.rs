@@ -43,8 +43,22 @@ impl Forward {
         local: u16,
         remote: u16,
     ) -> anyhow::Result<Forward> {
-        let mut child = c
-            .kubectl_cmd(version)
+        Forward::start_as(c, version, None, local, remote)
+    }
+
+    /// As `start`, impersonating `user` (`--as`).
+    fn start_as(
+        c: &Cluster,
+        version: Option<&str>,
+        user: Option<&str>,
+        local: u16,
+        remote: u16,
+    ) -> anyhow::Result<Forward> {
+        let mut cmd = c.kubectl_cmd(version);
+        if let Some(u) = user {
+            cmd.arg(format!("--as={u}"));
+        }
+        let mut child = cmd
             .args([
                 "port-forward",
                 "-v=6",
@@ -83,8 +97,13 @@ impl Forward {
                 Ok(_) => {}
                 Err(_) => {
                     let _ = f.child.kill();
-                    let err: Vec<String> = f.stderr.try_iter().collect();
-                    anyhow::bail!("kubectl {version:?} port-forward did not start: {err:?}");
+                    let _ = f.child.wait();
+                    // The reader thread has seen everything once kubectl is gone.
+                    std::thread::sleep(Duration::from_millis(100));
+                    anyhow::bail!(
+                        "kubectl {version:?} port-forward did not start: {}",
+                        f.stderr()
+                    );
                 }
             }
         }
@@ -188,6 +207,50 @@ fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
             version.unwrap_or("1.33"),
             got.len(),
             got.len() as f64 / took.as_secs_f64() / 1e6
+        );
+    }
+
+    // RBAC: port-forward needs `create` on pods/portforward (and, for the WebSocket GET,
+    // `get` too, as upstream); `get` alone is refused on both wires.
+    const RBAC: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: forwarder}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get]}
+- {apiGroups: [""], resources: [pods/portforward], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: forwarder}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: forwarder}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
+"#;
+    c.kubectl_stdin(None, &["apply", "-f", "-"], RBAC)?;
+    for version in [None, Some("1.27")] {
+        let err = match Forward::start_as(&c, version, Some("jane"), 18185, 8080) {
+            Ok(f) => panic!(
+                "kubectl {version:?} forwarded without create: {}",
+                f.stderr()
+            ),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("forbidden"), "kubectl {version:?}: {err}");
+    }
+    c.ok(&[
+        "patch",
+        "role",
+        "forwarder",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/rules/1/verbs","value":["get","create"]}]"#,
+    ])?;
+    for (version, local) in [(None, 18186u16), (Some("1.27"), 18187)] {
+        let f = Forward::start_as(&c, version, Some("jane"), local, 8080)?;
+        assert_eq!(
+            fetch(&c, local).trim(),
+            "hi",
+            "kubectl {version:?}: {}",
+            f.stderr()
         );
     }
 

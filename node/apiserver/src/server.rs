@@ -184,6 +184,23 @@ async fn route(
     if !auth::authorize(api, &user, &attrs).await {
         return Err(ApiError::forbidden(auth::forbidden_message(&user, &attrs)));
     }
+    // A WebSocket `GET` on exec/attach/portforward creates a session like the SPDY `POST`
+    // does: upstream (AuthorizePodWebsocketUpgradeCreatePermission, on since 1.32) also
+    // demands `create`.
+    if verb == "get"
+        && matches!(
+            attrs.subresource.as_str(),
+            "exec" | "attach" | "portforward"
+        )
+    {
+        let create = Attributes {
+            verb: "create".into(),
+            ..attrs.clone()
+        };
+        if !auth::authorize(api, &user, &create).await {
+            return Err(ApiError::forbidden(auth::forbidden_message(&user, &create)));
+        }
+    }
     let rt = api
         .find(&rp.group, &rp.version, &rp.resource)
         .ok_or_else(|| {
