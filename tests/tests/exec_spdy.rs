@@ -15,7 +15,7 @@ spec:
 "#;
 
 #[test]
-fn exec_over_spdy_with_kubectl_1_27_and_1_29() -> anyhow::Result<()> {
+fn exec_over_spdy_with_kubectl_1_27_to_1_29() -> anyhow::Result<()> {
     if !is_root() {
         eprintln!("skipping: the kubelet needs root");
         return Ok(());
@@ -33,7 +33,7 @@ fn exec_over_spdy_with_kubectl_1_27_and_1_29() -> anyhow::Result<()> {
     // kubectl 1.33 still takes the WebSocket (v5) path.
     assert_eq!(c.ok(&["exec", "box", "--", "echo", "ws"])?, "ws\n");
 
-    for version in ["1.27", "1.29"] {
+    for version in ["1.27", "1.28", "1.29"] {
         let v = Some(version);
         let started = Instant::now();
         let out = c.ok_version(v, &["exec", "box", "--", "echo", "hello"])?;

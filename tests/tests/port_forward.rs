@@ -1,5 +1,5 @@
-//! `kubectl port-forward` through real kubectl: 1.33 (SPDY/3.1 frames inside a WebSocket,
-//! `GET …/portforward`) and 1.27 (plain SPDY/3.1 after `POST` + `Upgrade`), several
+//! `kubectl port-forward` through real kubectl 1.27–1.33: 1.31+ (SPDY/3.1 frames inside a
+//! WebSocket, `GET …/portforward`) and ≤ 1.30 (plain SPDY/3.1 after `POST` + `Upgrade`), several
 //! connections through one forward each receive what the pod's server sends; a port where
 //! nothing listens gets its dial error on the error stream. Needs root.
 
@@ -132,7 +132,7 @@ fn fetch(c: &Cluster, port: u16) -> String {
 }
 
 #[test]
-fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
+fn port_forward_with_kubectl_1_27_to_1_33() -> anyhow::Result<()> {
     if !is_root() {
         eprintln!("skipping: the kubelet needs root");
         return Ok(());
@@ -159,7 +159,17 @@ fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
         c.log()
     );
 
-    for (version, local) in [(None, 18181u16), (Some("1.27"), 18182)] {
+    // Every kubectl minor from 1.27 to 1.33: 1.31+ tunnel through a WebSocket.
+    let versions = [
+        (None, 18101u16),
+        (Some("1.32"), 18102),
+        (Some("1.31"), 18103),
+        (Some("1.30"), 18104),
+        (Some("1.29"), 18105),
+        (Some("1.28"), 18106),
+        (Some("1.27"), 18107),
+    ];
+    for (version, local) in versions {
         let f = Forward::start(&c, version, local, 8080)?;
         for i in 0..4 {
             let started = Instant::now();
@@ -179,7 +189,8 @@ fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
         }
         // Which wire it took: 1.33 tunnels SPDY through a WebSocket GET, 1.27 upgrades a POST.
         let log = f.stderr();
-        let method = if version.is_none() { "GET" } else { "POST" };
+        let websocket = matches!(version, None | Some("1.31") | Some("1.32"));
+        let method = if websocket { "GET" } else { "POST" };
         assert!(
             log.lines().any(|l| l.contains(method)
                 && l.contains("/pods/web/portforward")
@@ -191,9 +202,9 @@ fn port_forward_with_kubectl_1_33_and_1_27() -> anyhow::Result<()> {
         // A bulk transfer, far beyond one flow-control window: the pod sends its busybox
         // binary (the host's, the image is built from it).
         let want = std::fs::read("/bin/busybox")?;
-        let f = Forward::start(&c, version, local + 10, 8081)?;
+        let f = Forward::start(&c, version, local + 50, 8081)?;
         let started = Instant::now();
-        let got = fetch_bytes(&c, local + 10);
+        let got = fetch_bytes(&c, local + 50);
         let took = started.elapsed();
         assert!(
             got == want,

@@ -1,4 +1,5 @@
-//! Streaming subresources over WebSocket: `pods/exec` with the Kubernetes channel protocols
+//! `pods/exec` over SPDY/3.1 (kubectl 1.27–1.29: one SPDY stream per channel, see `spdy_pump`)
+//! and over WebSocket with the Kubernetes channel protocols
 //! (`v5.channel.k8s.io`, `v4.channel.k8s.io`): every binary message starts with a channel byte —
 //! 0 stdin, 1 stdout, 2 stderr, 3 error/status (JSON), 4 resize; v5 adds `[255, ch]` to close
 //! a channel (kubectl closes stdin that way).
