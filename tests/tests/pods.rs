@@ -202,6 +202,9 @@ fn deletion_honours_grace_and_pods_survive_a_daemon_crash() -> anyhow::Result<()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(pod_logs.is_empty(), "pod log directories left: {pod_logs:?}");
+    assert!(
+        pod_logs.is_empty(),
+        "pod log directories left: {pod_logs:?}"
+    );
     Ok(())
 }
