@@ -506,6 +506,27 @@ impl Drop for Cluster {
     }
 }
 
+/// The release build of k3rs the benchmarks run (`<workspace>/target/release/k3rs`, honouring
+/// CARGO_TARGET_DIR), so their numbers are not debug-build numbers.
+pub fn release_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("release")
+        .join("k3rs")
+}
+
+/// A whole number of seconds as a Duration (benchmark flags).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
 /// Whether the tests run as root: node clusters (kubelet, netns, nftables) need it.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

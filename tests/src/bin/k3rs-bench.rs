@@ -18,25 +18,12 @@ use bench::http::{Client, Credentials};
 use bench::load;
 use bench::server::{db_files, Io, Memory, Server};
 use bench::stats::{bytes, mib, ms, verdict, Samples};
+use clap::Parser;
+use k3rs_e2e::release_binary;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-const USAGE: &str = "\
-usage: k3rs-bench [options]
-
-  --k3rs PATH          k3rs binary (default: <workspace>/target/release/k3rs)
-  --objects N          ConfigMaps to create (default 10000)
-  --watchers N         concurrent watchers (default 100)
-  --idle-seconds S     length of each idle disk-write window (default 60)
-  --samples N          sequential samples per GET/UPDATE/CREATE/DELETE (default 1000)
-  --concurrency N      requests in flight during the bulk create (default 16)
-  --connections N      HTTP/2 connections for the bulk create (default 1)
-  --watch-updates N    updates observed by the watchers (default 200)
-  --starts N           cold starts to time (default 5)
-
-Environment: K3RS_BENCH_LOG sets the server's RUST_LOG (default info).";
 
 const PAGE_SIZE: usize = 500;
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -47,81 +34,38 @@ const TARGET_RSS: u64 = 40 * 1024 * 1024;
 const TARGET_MUTATE_P99: Duration = Duration::from_millis(20);
 const TARGET_IDLE_WRITES_PER_HOUR: f64 = 1024.0 * 1024.0;
 
+/// The API server's numbers: start → ready, idle RSS and disk writes, 10,000-object latencies,
+/// watch delivery. Environment: K3RS_BENCH_LOG sets the server's RUST_LOG (default info).
+#[derive(Parser)]
+#[command(name = "k3rs-bench")]
 struct Args {
+    /// k3rs binary: the release build by default.
+    #[arg(long, env = "K3RS_BIN", default_value_os_t = release_binary())]
     k3rs: PathBuf,
+    /// ConfigMaps to create.
+    #[arg(long, default_value_t = 10000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     objects: usize,
+    /// Concurrent watchers.
+    #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Length of each idle disk-write window in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     idle_seconds: u64,
+    /// Sequential samples per GET/UPDATE/CREATE/DELETE.
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     samples: usize,
+    /// Requests in flight during the bulk create.
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
+    /// HTTP/2 connections for the bulk create.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     connections: usize,
+    /// Updates observed by the watchers.
+    #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     watch_updates: usize,
+    /// Cold starts to time.
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     starts: usize,
-}
-
-fn default_binary() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release").join("k3rs")
-}
-
-fn parse_args() -> Result<Option<Args>> {
-    let mut args = Args {
-        k3rs: default_binary(),
-        objects: 10_000,
-        watchers: 100,
-        idle_seconds: 60,
-        samples: 1000,
-        concurrency: 16,
-        connections: 1,
-        watch_updates: 200,
-        starts: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let mut value = || -> Result<String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{flag} needs a value"))
-        };
-        let mut number = |min: usize| -> Result<usize> {
-            let v = value()?;
-            let n: usize = v
-                .parse()
-                .with_context(|| format!("{flag}: {v:?} is not a number"))?;
-            if n < min {
-                bail!("{flag} must be at least {min}");
-            }
-            Ok(n)
-        };
-        match flag.as_str() {
-            "--k3rs" => args.k3rs = PathBuf::from(value()?),
-            "--objects" => args.objects = number(1)?,
-            "--watchers" => args.watchers = number(0)?,
-            "--idle-seconds" => args.idle_seconds = number(1)? as u64,
-            "--samples" => args.samples = number(1)?,
-            "--concurrency" => args.concurrency = number(1)?,
-            "--connections" => args.connections = number(1)?,
-            "--watch-updates" => args.watch_updates = number(1)?,
-            "--starts" => args.starts = number(1)?,
-            _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(Some(args))
 }
 
 /// The report, printed at the end (and, partially, on failure).
@@ -637,14 +581,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("k3rs-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let started = Instant::now();
     let mut report = Report::default();
     // On Ctrl-C the run is dropped, which kills the server and removes the temporary files.

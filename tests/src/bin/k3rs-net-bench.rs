@@ -22,89 +22,34 @@
 //! Needs root (the kubelet does). It is a binary, not a test: CI never runs it.
 
 use anyhow::{bail, Context, Result};
-use k3rs_e2e::{eventually, Cluster};
+use clap::Parser;
+use k3rs_e2e::{eventually, release_binary, Cluster};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-
-const USAGE: &str = "\
-usage: k3rs-net-bench [options]
-
-  --k3rs PATH      k3rs binary (default: $K3RS_BIN, else <workspace>/target/release/k3rs)
-  --mib N          MiB per transfer (default 512)
-  --rounds N       rounds; each pushes N MiB to the pod IP and to the ClusterIP (default 7)
-  --iperf-seconds S  length of each iperf3 run, 0 to skip iperf3 (default 3)
-
-Needs root. Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info).";
 
 const PORT: u16 = 5001;
 const LOOPBACK_PORT: u16 = 5002;
 const IPERF_PORT: u16 = 5201;
 const SINK_IPERF_PORT: u16 = 5202;
 
+/// pod → Service (ClusterIP) vs pod → pod IP TCP throughput. Needs root. Environment:
+/// K3RS_E2E_LOG sets the server's RUST_LOG (default info).
+#[derive(Parser)]
+#[command(name = "k3rs-net-bench")]
 struct Args {
+    /// k3rs binary: the release build by default.
+    #[arg(long, env = "K3RS_BIN", default_value_os_t = release_binary())]
     k3rs: PathBuf,
+    /// MiB per transfer.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     mib: u64,
+    /// Rounds; each pushes --mib MiB to the pod IP and to the ClusterIP.
+    #[arg(long, default_value_t = 7, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
+    /// Length of each iperf3 run in seconds, 0 to skip iperf3.
+    #[arg(long, default_value_t = 3)]
     iperf_seconds: u64,
-}
-
-fn default_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("K3RS_BIN") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release").join("k3rs")
-}
-
-fn parse_args() -> Result<Option<Args>> {
-    let mut args = Args {
-        k3rs: default_binary(),
-        mib: 512,
-        rounds: 7,
-        iperf_seconds: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let mut value = || -> Result<String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{flag} needs a value"))
-        };
-        let mut number = |min: u64| -> Result<u64> {
-            let v = value()?;
-            let n: u64 = v
-                .parse()
-                .with_context(|| format!("{flag}: {v:?} is not a number"))?;
-            if n < min {
-                bail!("{flag} must be at least {min}");
-            }
-            Ok(n)
-        };
-        match flag.as_str() {
-            "--k3rs" => args.k3rs = PathBuf::from(value()?),
-            "--mib" => args.mib = number(1)?,
-            "--rounds" => args.rounds = number(1)? as usize,
-            "--iperf-seconds" => args.iperf_seconds = number(0)?,
-            _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(Some(args))
 }
 
 fn manifests() -> String {
@@ -473,14 +418,7 @@ fn iperf_line(
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("k3rs-net-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

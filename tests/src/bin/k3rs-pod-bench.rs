@@ -26,7 +26,8 @@
 //! run (the exit code is non-zero only when the bench itself could not run).
 
 use anyhow::{bail, Context, Result};
-use k3rs_e2e::{eventually, Cluster};
+use clap::Parser;
+use k3rs_e2e::{eventually, release_binary, Cluster};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,97 +35,39 @@ use std::process::{Child, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: k3rs-pod-bench [options]
-
-  --k3rs PATH      k3rs binary (default: $K3RS_BIN, else <workspace>/target/release/k3rs)
-  --pods N         pods to create (default 100)
-  --parallel N     kubectl create processes creating the pods at once (default 10; kubectl
-                   sends at most 5 requests/s after a burst of 10, so one process is slow)
-  --grace S        terminationGracePeriodSeconds of the pods (default 1; busybox sleep as PID 1
-                   ignores SIGTERM, so teardown waits this long per pod, in parallel)
-  --hold S         keep the pods running S seconds more before the memory samples (to attach
-                   a profiler; default 0)
-  --timeout S      longest wait for all pods to run, and for all to be deleted (default 300)
-
-Needs root. Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info); the server log
-is copied to $K3RS_POD_BENCH_LOG when that is set.";
-
 const LABEL: &str = "k3rs-pod-bench";
 const TARGET_P99: Duration = Duration::from_secs(1);
 const TARGET_OVERHEAD: u64 = 2 * 1000 * 1000;
 /// Quiet time before a memory sample, so start-up allocations and page cache settle.
 const SETTLE: Duration = Duration::from_secs(3);
 
+/// Pod startup latency, daemon memory and per-pod overhead for many pods. Needs root.
+/// Environment: K3RS_E2E_LOG sets the server's RUST_LOG (default info); the server log is copied
+/// to $K3RS_POD_BENCH_LOG when that is set.
+#[derive(Parser)]
+#[command(name = "k3rs-pod-bench")]
 struct Args {
+    /// k3rs binary: the release build by default.
+    #[arg(long, env = "K3RS_BIN", default_value_os_t = release_binary())]
     k3rs: PathBuf,
+    /// Pods to create.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pods: usize,
+    /// kubectl create processes creating the pods at once (kubectl sends at most 5 requests/s
+    /// after a burst of 10, so one process is slow).
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     parallel: usize,
+    /// terminationGracePeriodSeconds of the pods (busybox sleep as PID 1 ignores SIGTERM, so
+    /// teardown waits this long per pod, in parallel).
+    #[arg(long, default_value_t = 1)]
     grace: u64,
+    /// Longest wait in seconds for all pods to run, and for all to be deleted.
+    #[arg(long, default_value = "300", value_parser = k3rs_e2e::parse_seconds)]
     timeout: Duration,
+    /// Keep the pods running this many seconds more before the memory samples (to attach a
+    /// profiler).
+    #[arg(long, default_value = "0", value_parser = k3rs_e2e::parse_seconds)]
     hold: Duration,
-}
-
-fn default_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("K3RS_BIN") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release").join("k3rs")
-}
-
-fn parse_args() -> Result<Option<Args>> {
-    let mut args = Args {
-        k3rs: default_binary(),
-        pods: 100,
-        parallel: 10,
-        grace: 1,
-        timeout: Duration::from_secs(300),
-        hold: Duration::ZERO,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let mut value = || -> Result<String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{flag} needs a value"))
-        };
-        let mut number = |min: u64| -> Result<u64> {
-            let v = value()?;
-            let n: u64 = v
-                .parse()
-                .with_context(|| format!("{flag}: {v:?} is not a number"))?;
-            if n < min {
-                bail!("{flag} must be at least {min}");
-            }
-            Ok(n)
-        };
-        match flag.as_str() {
-            "--k3rs" => args.k3rs = PathBuf::from(value()?),
-            "--pods" => args.pods = number(1)? as usize,
-            "--parallel" => args.parallel = number(1)? as usize,
-            "--grace" => args.grace = number(0)?,
-            "--timeout" => args.timeout = Duration::from_secs(number(1)?),
-            "--hold" => args.hold = Duration::from_secs(number(0)?),
-            _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(Some(args))
 }
 
 fn pod_name(i: usize) -> String {
@@ -634,14 +577,7 @@ fn format_kib(kib: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("k3rs-pod-bench: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
