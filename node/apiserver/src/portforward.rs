@@ -448,22 +448,8 @@ where
                         t.abort();
                     }
                 }
-                Frame::Settings { entries, .. } => {
-                    for (_, id, value) in entries {
-                        if id == spdy::SETTINGS_INITIAL_WINDOW_SIZE {
-                            let _ = out.send(Out::InitialWindow(value));
-                        }
-                    }
-                }
-                Frame::WindowUpdate { stream_id, delta } => {
-                    let _ = out.send(Out::Window(stream_id, delta));
-                }
-                // Client pings have odd ids; echo them.
-                Frame::Ping { id } if id % 2 == 1 => {
-                    let _ = out.send(Out::Frame(Frame::Ping { id }));
-                }
                 Frame::GoAway { .. } => break 'read,
-                _ => {}
+                other => session_control(other, &out),
             }
         }
         buf.drain(..used);
@@ -477,6 +463,28 @@ where
     }));
     drop(out);
     let _ = writer.await;
+}
+
+/// The session-level frames every SPDY handler answers the same way: the peer's initial window
+/// (SETTINGS), window grants, and pings (the client's have odd ids; they are echoed). Anything
+/// else is ignored.
+pub(crate) fn session_control(frame: Frame, out: &mpsc::UnboundedSender<Out>) {
+    match frame {
+        Frame::Settings { entries, .. } => {
+            for (_, id, value) in entries {
+                if id == spdy::SETTINGS_INITIAL_WINDOW_SIZE {
+                    let _ = out.send(Out::InitialWindow(value));
+                }
+            }
+        }
+        Frame::WindowUpdate { stream_id, delta } => {
+            let _ = out.send(Out::Window(stream_id, delta));
+        }
+        Frame::Ping { id } if id % 2 == 1 => {
+            let _ = out.send(Out::Frame(Frame::Ping { id }));
+        }
+        _ => {}
+    }
 }
 
 /// Tells the peer it may send `n` more bytes on a stream and on the session.

@@ -275,7 +275,7 @@ async fn spdy_pump<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    use crate::portforward::{data, grant, write_frames, Out};
+    use crate::portforward::{data, grant, session_control, write_frames, Out};
     use crate::spdy::{self, Decoder, Frame};
     use tokio::io::AsyncReadExt;
 
@@ -367,24 +367,11 @@ async fn spdy_pump<S>(
                             }
                             let _ = out.send(Out::Reset(stream_id));
                         }
-                        Frame::Settings { entries, .. } => {
-                            for (_, id, value) in entries {
-                                if id == spdy::SETTINGS_INITIAL_WINDOW_SIZE {
-                                    let _ = out.send(Out::InitialWindow(value));
-                                }
-                            }
-                        }
-                        Frame::WindowUpdate { stream_id, delta } => {
-                            let _ = out.send(Out::Window(stream_id, delta));
-                        }
-                        Frame::Ping { id } if id % 2 == 1 => {
-                            let _ = out.send(Out::Frame(Frame::Ping { id }));
-                        }
                         Frame::GoAway { .. } => {
                             reading = false;
                             stdin = None;
                         }
-                        _ => {}
+                        other => session_control(other, &out),
                     }
                 }
                 buf.drain(..used);

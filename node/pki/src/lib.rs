@@ -19,6 +19,7 @@ mod files;
 mod kubeconfig;
 mod sa;
 mod token;
+pub mod unverified;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -8,10 +8,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -216,56 +215,6 @@ impl Conn {
     }
 }
 
-/// Accepts any server certificate: only for polling `/readyz` on loopback while the server is
-/// still creating its CA (the kubeconfig with the CA does not exist yet).
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Anonymous HTTP/1.1 probe of `/readyz`.
 #[derive(Clone)]
 pub struct ReadyProbe {
@@ -284,12 +233,9 @@ pub enum Probe {
 
 impl ReadyProbe {
     pub fn new(addr: SocketAddr) -> Result<ReadyProbe> {
-        let p = provider();
-        let mut config = ClientConfig::builder_with_provider(p.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(p)))
-            .with_no_client_auth();
+        // Any server certificate: the server may still be creating its CA, so the kubeconfig
+        // with the CA does not exist yet; nothing but `/readyz` is asked over this connection.
+        let mut config = k3rs_pki::unverified::client_config()?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ReadyProbe {
             addr,
