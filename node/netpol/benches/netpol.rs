@@ -4,8 +4,7 @@
 
 use k3rs_netpol::render::{render, Inputs};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn world() -> (Vec<Value>, Vec<Value>, Vec<Value>) {
@@ -75,25 +74,12 @@ fn main() {
         .args(["netns", "add", &ns])
         .status()
         .is_ok_and(|s| s.success()));
-    let script = format!(
-        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n{body}}}\n",
-        t = k3rs_netpol::TABLE
-    );
+    let nft = k3rs_nft::Nft::in_netns(&ns);
     let mut applies = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("write");
-        assert!(child.wait().is_ok_and(|s| s.success()), "nft failed");
+        nft.replace_table(k3rs_netpol::TABLE, &body)
+            .expect("nft applies the table");
         applies.push(t.elapsed());
     }
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();

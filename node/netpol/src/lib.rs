@@ -9,7 +9,6 @@
 //! NetworkPolicy API requires.
 #![forbid(unsafe_code)]
 
-pub mod nft;
 pub mod render;
 
 use k3rs_client::informer::Informer;
@@ -25,14 +24,10 @@ pub const TABLE: &str = "k3rs-policy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("running {program}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("nft rejected the ruleset: {0}")]
-    Nft(String),
+    #[error(transparent)]
+    Nft(#[from] k3rs_nft::Error),
+    #[error("the nft task panicked")]
+    Join,
 }
 
 /// Configuration of the policy enforcer on one node.
@@ -70,7 +65,10 @@ pub async fn run(client: Arc<dyn Client>, cfg: Config) {
         });
         if applied.as_deref() != Some(ruleset.as_str()) {
             let span = info_span!("netpol_sync", bytes = ruleset.len());
-            match nft::replace_table(TABLE, &ruleset).instrument(span).await {
+            match run_nft(k3rs_nft::replace_table_script(TABLE, &ruleset))
+                .instrument(span)
+                .await
+            {
                 Ok(()) => {
                     applied = Some(ruleset);
                     backoff = cfg.min_sync_period;
@@ -91,7 +89,15 @@ pub async fn run(client: Arc<dyn Client>, cfg: Config) {
 
 /// Removes the table (for `k3rs killall` and tests).
 pub async fn cleanup() -> Result<(), Error> {
-    nft::delete_table(TABLE).await
+    run_nft(k3rs_nft::delete_table_script(TABLE)).await
+}
+
+/// nft is a short-lived child process: wait for it off the async worker threads.
+async fn run_nft(script: String) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || k3rs_nft::Nft::new().apply(&script))
+        .await
+        .map_err(|_| Error::Join)??;
+    Ok(())
 }
 
 /// A pod's IPv4 address, when it has one on the pod network (not hostNetwork, not finished).

@@ -579,27 +579,11 @@ mod tests {
                 .unwrap()
         };
         assert!(run(&["netns", "add", &name]).success());
-        let script = format!("table ip k3rs-policy {{\n{body}}}\n");
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &name, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let applied = k3rs_nft::Nft::in_netns(&name).replace_table("k3rs-policy", &body);
         run(&["netns", "del", &name]);
-        assert!(
-            out.status.success(),
-            "{}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = applied {
+            panic!("{e}\n{body}");
+        }
     }
 
     fn nix_root() -> bool {

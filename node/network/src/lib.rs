@@ -56,8 +56,8 @@ pub enum Error {
     Exhausted(String),
     #[error("link {0} is missing after creating it")]
     Missing(String),
-    #[error("nft: {0}")]
-    Nft(String),
+    #[error(transparent)]
+    Nft(#[from] k3rs_nft::Error),
     #[error("the netlink thread panicked")]
     Thread,
 }

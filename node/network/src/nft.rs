@@ -4,14 +4,10 @@
 //! ruleset.
 
 use crate::ipam::Cidr;
-use crate::{Error, Result};
+use crate::Result;
 use std::fmt::Write as _;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
-/// The nft binary, named in one place.
-pub const NFT: &str = "/usr/sbin/nft";
 /// The table this crate owns.
 pub const TABLE: &str = "k3rs-net";
 
@@ -127,32 +123,12 @@ pub fn render(r: &Rules) -> String {
 
 /// Loads a rendered transaction.
 pub fn apply(text: &str) -> Result<()> {
-    let mut child = Command::new(NFT)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(crate::io_err(format!("running {NFT}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(crate::io_err("writing to nft"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(crate::io_err("waiting for nft"))?;
-    if !out.status.success() {
-        return Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    Ok(k3rs_nft::Nft::new().apply(text)?)
 }
 
 /// Removes the table if it exists.
 pub fn delete_table() -> Result<()> {
-    apply(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"))
+    Ok(k3rs_nft::Nft::new().delete_table(TABLE)?)
 }
 
 #[cfg(test)]

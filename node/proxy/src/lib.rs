@@ -63,10 +63,8 @@ impl ProxyConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("running nft")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft failed ({status}): {stderr}")]
-    Nft { status: String, stderr: String },
+    #[error(transparent)]
+    Nft(#[from] k3rs_nft::Error),
     #[error("the sync task ended")]
     Join,
 }
@@ -78,7 +76,7 @@ pub fn slice_resource() -> Resource {
 
 /// Removes every rule the proxy installed (for tests and `k3rs killall`).
 pub fn cleanup(nft: &Nft) -> Result<(), Error> {
-    nft.cleanup()
+    Ok(nft.delete_table(render::TABLE)?)
 }
 
 /// Pods on one bridge reach each other's Services only if bridged packets pass the IP hooks
@@ -144,13 +142,13 @@ fn apply(nft: &Nft, text: &str, previous: Option<&str>) -> Result<(), Error> {
         .filter(|s| before.contains(s))
         .collect();
     if keep.is_empty() {
-        return nft.apply(text);
+        return Ok(nft.apply(text)?);
     }
-    match nft.set_entries(&keep) {
-        Ok(entries) => nft.apply(&render::with_set_entries(text, &entries)),
+    match nft::set_entries(nft, &keep) {
+        Ok(entries) => Ok(nft.apply(&render::with_set_entries(text, &entries))?),
         Err(e) => {
             warn!(error = %e, "reading the affinity sets failed; clients may change endpoints");
-            nft.apply(text)
+            Ok(nft.apply(text)?)
         }
     }
 }
@@ -214,7 +212,9 @@ async fn sync_loop(
                 break;
             }
             let n = nft.clone();
-            if let Ok(Ok(false)) = tokio::task::spawn_blocking(move || n.table_exists()).await {
+            if let Ok(Ok(false)) =
+                tokio::task::spawn_blocking(move || n.table_exists(render::TABLE)).await
+            {
                 warn!("the service table went away; re-creating it");
                 last = None;
                 break;

@@ -1,109 +1,8 @@
-//! Runs the `nft` binary: a ruleset is applied as one `nft -f -` transaction.
+//! Reading nft's listings back: the ClientIP-affinity sets whose live entries survive a table swap.
 
-use crate::render::{cleanup_text, TABLE};
+use crate::render::TABLE;
 use crate::Error;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// How to run nft: on the host, or inside a named network namespace (`ip netns exec`).
-#[derive(Clone, Debug)]
-pub struct Nft {
-    argv: Vec<String>,
-}
-
-impl Default for Nft {
-    fn default() -> Self {
-        Nft {
-            argv: vec!["nft".into()],
-        }
-    }
-}
-
-impl Nft {
-    /// nft in the caller's network namespace.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// nft inside the network namespace `/run/netns/<name>`.
-    pub fn in_netns(name: &str) -> Self {
-        Nft {
-            argv: ["ip", "netns", "exec", name, "nft"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
-
-    /// Whether nft runs in the caller's own network namespace.
-    pub fn is_local(&self) -> bool {
-        self.argv.len() == 1
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-        let mut cmd = Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..])
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(Error::Spawn)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes()).map_err(Error::Spawn)?;
-        }
-        let out = child.wait_with_output().map_err(Error::Spawn)?;
-        if !out.status.success() {
-            return Err(Error::Nft {
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Applies a ruleset as one transaction (all of it or nothing).
-    pub fn apply(&self, text: &str) -> Result<(), Error> {
-        self.run(&["-f", "-"], Some(text)).map(|_| ())
-    }
-
-    /// Parses and checks a ruleset against the kernel without committing it.
-    pub fn check(&self, text: &str) -> Result<(), Error> {
-        self.run(&["-c", "-f", "-"], Some(text)).map(|_| ())
-    }
-
-    /// The table as nft prints it, or None when there is none.
-    pub fn list_table(&self) -> Result<Option<String>, Error> {
-        match self.run(&["list", "table", "ip", TABLE], None) {
-            Ok(s) => Ok(Some(s)),
-            Err(Error::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Whether the table exists (`list tables`: cheap, whatever the table holds).
-    pub fn table_exists(&self) -> Result<bool, Error> {
-        let want = format!("table ip {TABLE}");
-        Ok(self
-            .run(&["list", "tables"], None)?
-            .lines()
-            .any(|l| l.trim() == want))
-    }
-
-    /// One chain of the table as nft prints it.
-    pub fn list_chain(&self, chain: &str) -> Result<String, Error> {
-        self.run(&["list", "chain", "ip", TABLE, chain], None)
-    }
-
-    /// Removes the table and every rule in it (a no-op when it does not exist).
-    pub fn cleanup(&self) -> Result<(), Error> {
-        self.apply(&cleanup_text())
-    }
-}
+pub use k3rs_nft::Nft;
 
 /// `2h59m59s984ms` → duration (nft's time format: d, h, m, s, ms).
 pub fn parse_nft_duration(s: &str) -> Option<std::time::Duration> {
@@ -177,23 +76,19 @@ pub fn parse_set_entries(
     out
 }
 
-impl Nft {
-    /// The live entries of the named sets of the table, read with one nft call (`list sets`,
-    /// which prints the sets with their elements but none of the chains).
-    pub fn set_entries(
-        &self,
-        sets: &[&str],
-    ) -> Result<
-        std::collections::BTreeMap<String, Vec<(std::net::Ipv4Addr, std::time::Duration)>>,
-        Error,
-    > {
-        if sets.is_empty() {
-            return Ok(Default::default());
-        }
-        let mut all = parse_set_entries(&self.run(&["list", "sets", "table", "ip", TABLE], None)?);
-        all.retain(|name, _| sets.contains(&name.as_str()));
-        Ok(all)
+/// The live entries of the named sets of the table, read with one nft call (`list sets`,
+/// which prints the sets with their elements but none of the chains).
+pub fn set_entries(
+    nft: &Nft,
+    sets: &[&str],
+) -> Result<std::collections::BTreeMap<String, Vec<(std::net::Ipv4Addr, std::time::Duration)>>, Error>
+{
+    if sets.is_empty() {
+        return Ok(Default::default());
     }
+    let mut all = parse_set_entries(&nft.list_sets(TABLE)?);
+    all.retain(|name, _| sets.contains(&name.as_str()));
+    Ok(all)
 }
 
 #[cfg(test)]

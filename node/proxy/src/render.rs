@@ -480,10 +480,6 @@ pub fn with_set_entries(
 }
 
 /// Deletes the table (the `add` first makes this succeed when it does not exist).
-pub fn cleanup_text() -> String {
-    format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

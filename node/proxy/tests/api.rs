@@ -162,7 +162,7 @@ async fn rules_follow_services_and_endpoint_slices() {
     .expect("delete");
     let n = nft.clone();
     eventually("the service's rules to go", move || {
-        n.list_table()
+        n.list_table("k3rs")
             .ok()
             .flatten()
             .is_some_and(|t| !t.contains("default/web/") && !t.contains(&cip.to_string()))
@@ -229,7 +229,7 @@ async fn client_ip_affinity_survives_resyncs() {
         .await
         .expect("service");
         syncs.wait_for(|n| *n > before).await.expect("resync");
-        let listed = nft.list_table().unwrap().unwrap();
+        let listed = nft.list_table("k3rs").unwrap().unwrap();
         assert!(
             listed.contains("10.42.3.2 "),
             "affinity entry lost: {listed}"

@@ -130,7 +130,7 @@ fn cluster_ip_node_port_and_load_balancer_ip_carry_tcp_and_udp() {
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
 
     k3rs_proxy::cleanup(&nft).expect("cleanup");
-    assert!(nft.list_table().unwrap().is_none());
+    assert!(nft.list_table("k3rs").unwrap().is_none());
     assert!(tcp(&t.pod(3), addr(cip, 8000)).is_err());
 }
 
@@ -209,7 +209,7 @@ fn client_ip_affinity_and_external_traffic_policy_local() {
     // Affinity: every connection from one client lands on the same endpoint.
     let names = tcp_names(&t.pod(3), addr(aff_ip, 80), 15);
     assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
-    let listed = nft.list_table().unwrap().unwrap();
+    let listed = nft.list_table("k3rs").unwrap().unwrap();
     assert!(
         listed.contains("10.42.3.2 expires"),
         "affinity entry: {listed}"
