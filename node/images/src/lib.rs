@@ -14,8 +14,11 @@
 #![forbid(unsafe_code)]
 
 mod archive;
+pub mod gc;
+pub mod keyring;
 mod layer;
 mod pull;
+pub mod registries;
 
 pub use pull::{Auth, PullOptions};
 
@@ -55,6 +58,11 @@ pub enum Error {
     Mount { container: String, message: String },
     #[error("invalid container id {0:?}")]
     InvalidId(String),
+    #[error("image {reference} is in use by container(s) {}; remove them first", containers.join(", "))]
+    InUse {
+        reference: String,
+        containers: Vec<String>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,6 +97,17 @@ pub struct Image {
     /// Sum of the blob sizes.
     pub size: u64,
     pub config: ImageConfig,
+    /// Unix seconds of the last pull, import or container start (least recently used images
+    /// are garbage-collected first).
+    #[serde(default)]
+    pub last_used: u64,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -272,6 +291,7 @@ impl ImageStore {
             layers: layers.into_iter().map(|(d, _)| d).collect(),
             size,
             config,
+            last_used: unix_now(),
         };
         let _g = self.inner.index.lock().expect("index lock");
         let mut idx = self.load_index()?;
@@ -294,6 +314,17 @@ impl ImageStore {
     /// reference share a single download.
     pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image> {
         pull::pull(self, reference, opts).await
+    }
+
+    /// Pushes the stored image `reference` to the registry reference `target`.
+    pub async fn push(
+        &self,
+        reference: &str,
+        target: &str,
+        auth: &Auth,
+        plain_http: bool,
+    ) -> Result<()> {
+        pull::push(self, reference, target, auth, plain_http).await
     }
 
     pub(crate) fn inflight(&self) -> &Mutex<HashMap<String, InflightPull>> {
@@ -330,6 +361,42 @@ impl ImageStore {
     /// All images.
     pub fn list(&self) -> Result<Vec<Image>> {
         Ok(self.load_index()?.images)
+    }
+
+    /// The containers (root filesystems) made from `image`: created, running or exited but not
+    /// yet removed.
+    pub fn containers_using(&self, image: &Image) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for id in list_names(&self.inner.root.join("rootfs"))? {
+            let dir = self.inner.root.join("rootfs").join(&id);
+            let uses = match fs::read_to_string(dir.join("image")) {
+                Ok(image_id) => image_id.trim() == image.id,
+                // Root filesystems from before the image was recorded: compare layers.
+                Err(_) => fs::read(dir.join("layers.json"))
+                    .ok()
+                    .and_then(|d| serde_json::from_slice::<Vec<String>>(&d).ok())
+                    .is_some_and(|l| l == image.layers),
+            };
+            if uses {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes an image unless a container uses it (like `crictl rmi`), with every blob and
+    /// unpacked layer no other image uses.
+    pub fn remove_unused(&self, reference: &str) -> Result<()> {
+        let image = self.must_get(reference)?;
+        let containers = self.containers_using(&image)?;
+        if !containers.is_empty() {
+            return Err(Error::InUse {
+                reference: image.reference,
+                containers,
+            });
+        }
+        self.remove(&image.reference)
     }
 
     /// Removes an image and every blob and unpacked layer no other image or prepared root
@@ -380,6 +447,25 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Marks an image as used now (for least-recently-used garbage collection).
+    fn touch(&self, reference: &str) -> Result<()> {
+        let _g = self.inner.index.lock().expect("index lock");
+        let mut idx = self.load_index()?;
+        let now = unix_now();
+        let mut changed = false;
+        for i in idx.images.iter_mut().filter(|i| i.reference == reference) {
+            // Second resolution is plenty; skip rewriting the index for a burst of starts.
+            if i.last_used != now {
+                i.last_used = now;
+                changed = true;
+            }
+        }
+        if changed {
+            self.save_index(&idx)?;
+        }
+        Ok(())
+    }
+
     fn rootfs_dir(&self, container_id: &str) -> Result<PathBuf> {
         let ok = !container_id.is_empty()
             && !container_id.starts_with('.')
@@ -410,6 +496,8 @@ impl ImageStore {
             serde_json::to_vec(&image.layers).expect("serializable"),
         )
         .map_err(io_err("writing layers.json"))?;
+        fs::write(dir.join("image"), &image.id).map_err(io_err("writing the image id"))?;
+        self.touch(&image.reference)?;
         let mut lowers = Vec::new();
         for l in image.layers.iter().rev() {
             lowers.push(self.layer_dir(l)?.display().to_string());

@@ -1,7 +1,8 @@
 //! Pulling from OCI/Docker registries with `oci-client`.
 
+use crate::registries::{Endpoint, Registries};
 use crate::{io_err, normalize, Error, Image, ImageStore, Result};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::sync::Arc;
@@ -23,9 +24,13 @@ pub enum Auth {
 /// How to reach the registry.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    pub auth: Auth,
-    /// Use plain HTTP (K3s `registries.yaml` `insecure`, or a loopback registry).
+    /// Credentials for this image from the pod's imagePullSecrets, used on every endpoint;
+    /// `None`: each endpoint's `configs` entry in `registries.yaml` applies.
+    pub auth: Option<Auth>,
+    /// Speak plain HTTP to the image's own registry (loopback registries always are).
     pub plain_http: bool,
+    /// Mirrors and per-host settings (`registries.yaml`).
+    pub registries: Arc<Registries>,
 }
 
 impl From<&Auth> for RegistryAuth {
@@ -40,18 +45,38 @@ impl From<&Auth> for RegistryAuth {
     }
 }
 
-/// A client for one pull: plain HTTP only when asked.
-pub fn client(plain_http: bool) -> Client {
+/// A client for one endpoint: plain HTTP only when asked, its TLS settings.
+pub fn client(endpoint: &Endpoint) -> Client {
     // reqwest is built without a bundled crypto provider: use ring, like the rest of k3rs.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
-        protocol: if plain_http {
+        protocol: if endpoint.plain_http {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         },
+        accept_invalid_certificates: endpoint.config.insecure_skip_verify,
+        extra_root_certificates: endpoint
+            .config
+            .ca_pem
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect(),
         ..Default::default()
     })
+}
+
+/// `reference` with its registry and repository replaced by the endpoint's.
+fn at_endpoint(reference: &Reference, endpoint: &Endpoint) -> Reference {
+    let (host, repo) = (endpoint.host.clone(), endpoint.repository.clone());
+    match (reference.tag(), reference.digest()) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(host, repo, t.into(), d.into()),
+        (None, Some(d)) => Reference::with_digest(host, repo, d.into()),
+        (t, None) => Reference::with_tag(host, repo, t.unwrap_or("latest").into()),
+    }
 }
 
 pub async fn pull(store: &ImageStore, reference: &str, opts: &PullOptions) -> Result<Image> {
@@ -91,18 +116,64 @@ pub async fn pull(store: &ImageStore, reference: &str, opts: &PullOptions) -> Re
     }
 }
 
+/// Tries the endpoints in order (mirrors, then the registry); the error names every attempt.
 async fn pull_uncached(store: &ImageStore, key: &str, opts: &PullOptions) -> Result<Image> {
+    let reference: Reference = key
+        .parse()
+        .map_err(|_| Error::InvalidReference(key.to_string()))?;
+    let endpoints = opts.registries.endpoints(
+        reference.registry(),
+        reference.repository(),
+        opts.plain_http,
+    );
+    let mut failures = Vec::new();
+    for endpoint in &endpoints {
+        let auth = opts.auth.as_ref().unwrap_or(&endpoint.config.auth);
+        let at = at_endpoint(&reference, endpoint);
+        match pull_from(
+            store,
+            key,
+            &client(endpoint),
+            &at,
+            &RegistryAuth::from(auth),
+        )
+        .await
+        {
+            Ok(image) => return Ok(image),
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint.url(), error = %e, "pull attempt failed");
+                let message = match e {
+                    Error::Pull { message, .. } => message,
+                    other => other.to_string(),
+                };
+                failures.push(if endpoints.len() == 1 {
+                    message
+                } else {
+                    format!("{}: {message}", endpoint.url())
+                });
+            }
+        }
+    }
+    Err(Error::Pull {
+        reference: key.to_string(),
+        message: failures.join("; "),
+    })
+}
+
+async fn pull_from(
+    store: &ImageStore,
+    key: &str,
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+) -> Result<Image> {
     let perr = |e: &dyn std::fmt::Display| Error::Pull {
         reference: key.to_string(),
         message: e.to_string(),
     };
-    let reference: Reference = key
-        .parse()
-        .map_err(|_| Error::InvalidReference(key.to_string()))?;
-    let client = client(opts.plain_http);
-    let auth = RegistryAuth::from(&opts.auth);
     let (manifest, manifest_digest, config) = client
-        .pull_manifest_and_config(&reference, &auth)
+        .pull_manifest_and_config(reference, auth)
         .await
         .map_err(|e| perr(&e))?;
     // The manifest is identified by the registry's digest; its bytes are not kept (the config
@@ -123,7 +194,7 @@ async fn pull_uncached(store: &ImageStore, key: &str, opts: &PullOptions) -> Res
                 .await
                 .map_err(io_err(format!("creating {}", tmp.display())))?;
             client
-                .pull_blob(&reference, l, file)
+                .pull_blob(reference, l, file)
                 .await
                 .map_err(|e| perr(&e))?;
             store.count_download();
@@ -145,4 +216,58 @@ async fn pull_uncached(store: &ImageStore, key: &str, opts: &PullOptions) -> Res
 
 fn store_ref(store: &ImageStore) -> ImageStore {
     store.clone()
+}
+
+/// Pushes the stored image `reference` to `target` (tests and benchmarks fill local registries
+/// with their images this way). The manifest is generated from the layers and config.
+pub async fn push(
+    store: &ImageStore,
+    reference: &str,
+    target: &str,
+    auth: &Auth,
+    plain_http: bool,
+) -> Result<()> {
+    use oci_client::client::{Config, ImageLayer};
+    let image = store
+        .get(reference)?
+        .ok_or_else(|| Error::NotFound(reference.to_string()))?;
+    let perr = |e: &dyn std::fmt::Display| Error::Pull {
+        reference: target.to_string(),
+        message: format!("push: {e}"),
+    };
+    let target_ref: Reference = target
+        .parse()
+        .map_err(|_| Error::InvalidReference(target.to_string()))?;
+    let mut layers = Vec::new();
+    for digest in &image.layers {
+        let data = store.read_blob(digest)?;
+        let media_type = if data.starts_with(&[0x1f, 0x8b]) {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        layers.push(ImageLayer::new(data, media_type.into(), None));
+    }
+    let config = Config::new(
+        store.read_blob(&image.id)?,
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    let endpoint = Endpoint {
+        host: target_ref.registry().to_string(),
+        plain_http,
+        repository: target_ref.repository().to_string(),
+        config: Default::default(),
+    };
+    client(&endpoint)
+        .push(
+            &target_ref,
+            &layers,
+            config,
+            &RegistryAuth::from(auth),
+            None,
+        )
+        .await
+        .map_err(|e| perr(&e))?;
+    Ok(())
 }
