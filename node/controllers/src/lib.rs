@@ -8,15 +8,19 @@
 //! the controllers write nothing.
 #![forbid(unsafe_code)]
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub use k3rs_client::events;
 pub use k3rs_client::informer;
+pub mod history;
 pub mod job;
 pub mod nodeipam;
 pub mod replicaset;
 pub mod selector;
 pub mod servicelb;
+pub mod statefulset;
 
 use informer::Informer;
 use k3rs_client::{Client, ClientError, Resource};
@@ -58,6 +62,13 @@ pub struct Ctx {
     pub services: Informer,
     pub endpoints: Informer,
     pub endpointslices: Informer,
+    pub replicationcontrollers: Informer,
+    pub statefulsets: Informer,
+    pub daemonsets: Informer,
+    pub cronjobs: Informer,
+    pub controllerrevisions: Informer,
+    pub persistentvolumeclaims: Informer,
+    pub nodes: Informer,
     pub recorder: events::Recorder,
 }
 
@@ -73,11 +84,18 @@ impl Ctx {
             services: Informer::new(Resource::core("services")),
             endpoints: Informer::new(Resource::core("endpoints")),
             endpointslices: Informer::new(endpoints::slice_resource()),
+            replicationcontrollers: Informer::new(Resource::core("replicationcontrollers")),
+            statefulsets: Informer::new(statefulset::resource()),
+            daemonsets: Informer::new(daemonset::resource()),
+            cronjobs: Informer::new(cronjob::resource()),
+            controllerrevisions: Informer::new(history::resource()),
+            persistentvolumeclaims: Informer::new(Resource::core("persistentvolumeclaims")),
+            nodes: Informer::new(Resource::core("nodes")),
         })
     }
 
-    fn informers(&self) -> [&Informer; 7] {
-        [
+    fn informers(&self) -> Vec<&Informer> {
+        vec![
             &self.pods,
             &self.replicasets,
             &self.deployments,
@@ -85,6 +103,13 @@ impl Ctx {
             &self.services,
             &self.endpoints,
             &self.endpointslices,
+            &self.replicationcontrollers,
+            &self.statefulsets,
+            &self.daemonsets,
+            &self.cronjobs,
+            &self.controllerrevisions,
+            &self.persistentvolumeclaims,
+            &self.nodes,
         ]
     }
 }
@@ -120,6 +145,10 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     let deploy = deployment::DeploymentController::new(ctx.clone());
     let ep = endpoints::EndpointsController::new(ctx.clone());
     let jobs = job::JobController::new(ctx.clone());
+    let rc = replicaset::ReplicaSetController::replication_controllers(ctx.clone());
+    let sts = statefulset::StatefulSetController::new(ctx.clone());
+    let ds = daemonset::DaemonSetController::new(ctx.clone());
+    let cj = cronjob::CronJobController::new(ctx.clone());
     for i in ctx.informers() {
         i.spawn(client.clone());
     }
@@ -130,5 +159,9 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     tokio::spawn(rs.run());
     tokio::spawn(deploy.run());
     tokio::spawn(ep.run());
+    tokio::spawn(rc.run());
+    tokio::spawn(sts.run());
+    tokio::spawn(ds.run());
+    tokio::spawn(cj.run());
     jobs.run().await;
 }

@@ -1,7 +1,8 @@
 //! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, adopting
-//! orphans, and reports replicas/ready/available/fullyLabeled/observedGeneration.
+//! orphans, and reports replicas/ready/available/fullyLabeled/observedGeneration. The same
+//! controller runs ReplicationControllers (core/v1), whose selector is a plain label map.
 
-use crate::informer::{key_of, Expectations, Queue};
+use crate::informer::{key_of, Expectations, Informer, Queue};
 use crate::selector::{self, available, controller_of, is_active, is_deleting, split_key};
 use crate::{Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info_span, Instrument};
 
-const MANAGER: &str = "replicaset-controller";
 /// At most this many pods are created or deleted per sync (upstream's burstReplicas).
 const BURST: usize = 500;
 
@@ -19,22 +19,74 @@ pub fn resource() -> Resource {
     Resource::new("apps", "v1", "replicasets")
 }
 
+/// What differs between the two kinds this controller runs.
+#[derive(Clone, Copy)]
+pub struct Kind {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    manager: &'static str,
+    resource: fn() -> Resource,
+    informer: fn(&Ctx) -> &Informer,
+    /// The object's selector as a LabelSelector.
+    selector: fn(&Value) -> Value,
+}
+
+pub const REPLICA_SET: Kind = Kind {
+    kind: "ReplicaSet",
+    api_version: "apps/v1",
+    manager: "replicaset-controller",
+    resource,
+    informer: |ctx| &ctx.replicasets,
+    selector: |rs| rs["spec"]["selector"].clone(),
+};
+
+pub const REPLICATION_CONTROLLER: Kind = Kind {
+    kind: "ReplicationController",
+    api_version: "v1",
+    manager: "replication-controller",
+    resource: || Resource::core("replicationcontrollers"),
+    informer: |ctx| &ctx.replicationcontrollers,
+    selector: rc_selector,
+};
+
+/// An RC's `spec.selector` is an equality map; when absent it defaults to the template's labels.
+fn rc_selector(rc: &Value) -> Value {
+    let sel = match &rc["spec"]["selector"] {
+        Value::Object(m) if !m.is_empty() => Value::Object(m.clone()),
+        _ => rc["spec"]["template"]["metadata"]["labels"].clone(),
+    };
+    if sel.as_object().is_none_or(|m| m.is_empty()) {
+        return Value::Null; // matches nothing
+    }
+    json!({ "matchLabels": sel })
+}
+
 #[derive(Clone)]
 pub struct ReplicaSetController {
     ctx: Arc<Ctx>,
+    kind: Kind,
     queue: Queue,
     exp: Expectations,
 }
 
 impl ReplicaSetController {
     pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self::for_kind(ctx, REPLICA_SET)
+    }
+
+    pub fn replication_controllers(ctx: Arc<Ctx>) -> Self {
+        Self::for_kind(ctx, REPLICATION_CONTROLLER)
+    }
+
+    fn for_kind(ctx: Arc<Ctx>, kind: Kind) -> Self {
         let me = ReplicaSetController {
             ctx: ctx.clone(),
+            kind,
             queue: Queue::default(),
             exp: Expectations::default(),
         };
         let q = me.queue.clone();
-        ctx.replicasets.on_change(Box::new(move |_, new| {
+        (kind.informer)(&ctx).on_change(Box::new(move |_, new| {
             if let Some(rs) = new {
                 q.add(key_of(rs));
             }
@@ -45,9 +97,13 @@ impl ReplicaSetController {
         me
     }
 
-    fn owner_key(pod: &Value) -> Option<String> {
+    fn informer(&self) -> &Informer {
+        (self.kind.informer)(&self.ctx)
+    }
+
+    fn owner_key(&self, pod: &Value) -> Option<String> {
         let (kind, name, _) = controller_of(pod)?;
-        (kind == "ReplicaSet").then(|| {
+        (kind == self.kind.kind).then(|| {
             format!(
                 "{}/{}",
                 pod["metadata"]["namespace"].as_str().unwrap_or(""),
@@ -59,7 +115,7 @@ impl ReplicaSetController {
     fn pod_changed(&self, old: Option<&Value>, new: Option<&Value>) {
         match (old, new) {
             (None, Some(p)) => {
-                if let Some(k) = Self::owner_key(p) {
+                if let Some(k) = self.owner_key(p) {
                     self.exp.creation_observed(&k);
                     self.queue.add(k);
                 } else {
@@ -67,7 +123,7 @@ impl ReplicaSetController {
                 }
             }
             (Some(o), Some(p)) => {
-                let (ok, nk) = (Self::owner_key(o), Self::owner_key(p));
+                let (ok, nk) = (self.owner_key(o), self.owner_key(p));
                 if is_deleting(p) && !is_deleting(o) {
                     if let Some(k) = &nk {
                         self.exp.deletion_observed(k, &key_of(p));
@@ -84,7 +140,7 @@ impl ReplicaSetController {
                 }
             }
             (Some(o), None) => {
-                if let Some(k) = Self::owner_key(o) {
+                if let Some(k) = self.owner_key(o) {
                     self.exp.deletion_observed(&k, &key_of(o));
                     self.queue.add(k);
                 }
@@ -99,8 +155,8 @@ impl ReplicaSetController {
             return;
         }
         let ns = pod["metadata"]["namespace"].as_str();
-        for rs in self.ctx.replicasets.list(ns) {
-            if selector::matches(&rs["spec"]["selector"], &pod["metadata"]["labels"]) {
+        for rs in self.informer().list(ns) {
+            if selector::matches(&(self.kind.selector)(&rs), &pod["metadata"]["labels"]) {
                 self.queue.add(key_of(&rs));
             }
         }
@@ -110,7 +166,8 @@ impl ReplicaSetController {
         loop {
             let key = self.queue.pop().await;
             let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "ReplicaSet", namespace = %ns, name = %name);
+            let span =
+                info_span!("reconcile", kind = self.kind.kind, namespace = %ns, name = %name);
             match self.reconcile(&key).instrument(span.clone()).await {
                 Ok(Some(after)) => self.queue.add_after(key, after),
                 Ok(None) => {}
@@ -124,13 +181,13 @@ impl ReplicaSetController {
 
     /// One sync; returns when to look again (minReadySeconds), if needed.
     pub async fn reconcile(&self, key: &str) -> Result<Option<Duration>, Error> {
-        let Some(rs) = self.ctx.replicasets.get(key) else {
+        let Some(rs) = self.informer().get(key) else {
             self.exp.forget(key);
             return Ok(None);
         };
         let (ns, _) = split_key(key);
         let uid = rs["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        let sel = &rs["spec"]["selector"];
+        let sel = &(self.kind.selector)(&rs);
         let mut pods = Vec::new();
         for p in self.ctx.pods.list(Some(ns)) {
             match controller_of(&p) {
@@ -141,7 +198,7 @@ impl ReplicaSetController {
                 {
                     // Adopt the orphan.
                     let patch = json!({"metadata": {
-                        "ownerReferences": [selector::owner_ref("apps/v1", "ReplicaSet", &rs)]}});
+                        "ownerReferences": [selector::owner_ref(self.kind.api_version, self.kind.kind, &rs)]}});
                     let pn = p["metadata"]["name"].as_str().unwrap_or("");
                     match self
                         .ctx
@@ -152,7 +209,7 @@ impl ReplicaSetController {
                             pn,
                             Patch::Strategic(patch),
                             None,
-                            MANAGER,
+                            self.kind.manager,
                         )
                         .await
                     {
@@ -189,9 +246,14 @@ impl ReplicaSetController {
                 let pod = pod_from_template(
                     template,
                     name,
-                    &selector::owner_ref("apps/v1", "ReplicaSet", rs),
+                    &selector::owner_ref(self.kind.api_version, self.kind.kind, rs),
                 );
-                match self.ctx.client.create(&pods, Some(ns), pod, MANAGER).await {
+                match self
+                    .ctx
+                    .client
+                    .create(&pods, Some(ns), pod, self.kind.manager)
+                    .await
+                {
                     Ok(p) => {
                         let pn = p["metadata"]["name"].as_str().unwrap_or("").to_string();
                         self.ctx
@@ -307,16 +369,16 @@ impl ReplicaSetController {
                 .ctx
                 .client
                 .patch(
-                    &resource(),
+                    &(self.kind.resource)(),
                     Some(ns),
                     name,
                     Patch::Merge(json!({"status": merge_replacing(&rs["status"], &new)})),
                     Some("status"),
-                    MANAGER,
+                    self.kind.manager,
                 )
                 .await;
             match updated {
-                Ok(o) => self.ctx.replicasets.observe(&o),
+                Ok(o) => self.informer().observe(&o),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(Error::Api("updating status", e)),
             }
