@@ -2,6 +2,7 @@
 //! section, `meta-data` with `local-hostname`) or `k3rs.toml` on the ESP.
 
 use serde::Deserialize;
+use std::net::Ipv4Addr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -17,6 +18,112 @@ pub enum ConfigError {
     MetaData(#[source] serde_yaml::Error),
     #[error("invalid hostname {0:?}")]
     Hostname(String),
+    #[error("network-config is not valid YAML")]
+    NetworkYaml(#[source] serde_yaml::Error),
+    #[error("network-config version {0} is not supported (only version 2)")]
+    NetworkVersion(u64),
+    #[error("invalid static address {0:?} (want a.b.c.d/prefix)")]
+    Address(String),
+}
+
+/// A static IPv4 configuration, applied over netlink instead of DHCP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StaticNetwork {
+    /// The interface; default: the first wired one.
+    pub interface: Option<String>,
+    /// `a.b.c.d/prefix`.
+    pub address: String,
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl StaticNetwork {
+    /// The address and prefix length.
+    pub fn cidr(&self) -> Result<(Ipv4Addr, u8), ConfigError> {
+        let bad = || ConfigError::Address(self.address.clone());
+        let (a, p) = self.address.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        Ok((addr, prefix))
+    }
+}
+
+/// NoCloud `network-config`, version 2 (netplan-like): the first entry of `ethernets` with
+/// static `addresses` becomes a [`StaticNetwork`]; `dhcp4: true` or no addresses means DHCP.
+#[derive(Deserialize)]
+struct NetworkConfigV2 {
+    version: u64,
+    #[serde(default)]
+    ethernets: std::collections::BTreeMap<String, EthernetV2>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct EthernetV2 {
+    #[serde(default)]
+    dhcp4: bool,
+    #[serde(default)]
+    addresses: Vec<String>,
+    gateway4: Option<Ipv4Addr>,
+    #[serde(default)]
+    routes: Vec<RouteV2>,
+    nameservers: Option<NameserversV2>,
+    #[serde(rename = "set-name")]
+    set_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RouteV2 {
+    to: String,
+    via: Ipv4Addr,
+}
+
+#[derive(Deserialize)]
+struct NameserversV2 {
+    #[serde(default)]
+    addresses: Vec<Ipv4Addr>,
+}
+
+/// Parses a NoCloud `network-config` (v2). `Ok(None)`: DHCP.
+pub fn parse_network_config(text: &str) -> Result<Option<StaticNetwork>, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    // Both `network: {version: 2, ...}` and the bare document are seen in the wild.
+    let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(ConfigError::NetworkYaml)?;
+    let v = match v.get("network") {
+        Some(inner) => inner.clone(),
+        None => v,
+    };
+    let nc: NetworkConfigV2 = serde_yaml::from_value(v).map_err(ConfigError::NetworkYaml)?;
+    if nc.version != 2 {
+        return Err(ConfigError::NetworkVersion(nc.version));
+    }
+    for (id, eth) in nc.ethernets {
+        let Some(address) = eth.addresses.first().filter(|_| !eth.dhcp4) else {
+            continue;
+        };
+        let gateway = eth.gateway4.or_else(|| {
+            eth.routes
+                .iter()
+                .find(|r| r.to == "default" || r.to == "0.0.0.0/0")
+                .map(|r| r.via)
+        });
+        let net = StaticNetwork {
+            interface: Some(eth.set_name.unwrap_or(id)),
+            address: address.clone(),
+            gateway,
+            dns: eth.nameservers.map(|n| n.addresses).unwrap_or_default(),
+        };
+        net.cidr()?;
+        return Ok(Some(net));
+    }
+    Ok(None)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -48,12 +155,25 @@ pub struct NodeConfig {
     /// Print the admin kubeconfig on the console once the API is up (test rigs, labs).
     #[serde(default)]
     pub print_kubeconfig: bool,
+    /// SNTP servers (`host` or `host:port`); DHCP option 42 adds to these.
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+    /// Static IPv4 instead of DHCP.
+    pub network: Option<StaticNetwork>,
 }
 
 #[derive(Deserialize)]
 struct CloudConfig {
     hostname: Option<String>,
     k3rs: Option<serde_yaml::Value>,
+    /// cloud-init's own `ntp: {servers: [...]}` module, honoured too.
+    ntp: Option<CloudNtp>,
+}
+
+#[derive(Deserialize)]
+struct CloudNtp {
+    #[serde(default)]
+    servers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +215,13 @@ impl NodeConfig {
             if cfg.hostname.is_none() {
                 cfg.hostname = cc.hostname;
             }
+            if let Some(ntp) = cc.ntp {
+                for s in ntp.servers {
+                    if !cfg.ntp_servers.contains(&s) {
+                        cfg.ntp_servers.push(s);
+                    }
+                }
+            }
             cfg
         };
         if cfg.hostname.is_none() {
@@ -116,6 +243,9 @@ impl NodeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(h) = &self.hostname {
             check_hostname(h)?;
+        }
+        if let Some(n) = &self.network {
+            n.cidr()?;
         }
         Ok(())
     }
@@ -218,5 +348,66 @@ mod tests {
             vec!["agent", "--server=https://10.0.0.1:6443", "--token=t"]
         );
         assert!(NodeConfig::from_toml("role = 3").is_err());
+    }
+
+    #[test]
+    fn static_network_and_ntp_in_toml_and_user_data() {
+        let cfg = NodeConfig::from_toml(
+            "ntp-servers = [\"10.0.2.2:1123\"]\n[network]\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n",
+        )
+        .unwrap();
+        let net = cfg.network.unwrap();
+        assert_eq!(net.cidr().unwrap(), (Ipv4Addr::new(10, 0, 2, 15), 24));
+        assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(net.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
+        assert_eq!(cfg.ntp_servers, vec!["10.0.2.2:1123"]);
+        assert!(matches!(
+            NodeConfig::from_toml("[network]\naddress = \"10.0.2.15\"\n"),
+            Err(ConfigError::Address(_))
+        ));
+        assert!(matches!(
+            NodeConfig::from_toml("[network]\naddress = \"10.0.2.15/33\"\n"),
+            Err(ConfigError::Address(_))
+        ));
+
+        let ud = "#cloud-config\nntp:\n  servers: [ntp.example]\nk3rs:\n  ntp-servers: [10.0.0.1]\n  network:\n    interface: eth1\n    address: 192.168.1.5/16\n";
+        let cfg = NodeConfig::from_nocloud(ud, None).unwrap();
+        assert_eq!(cfg.ntp_servers, vec!["10.0.0.1", "ntp.example"]);
+        let net = cfg.network.unwrap();
+        assert_eq!(net.interface.as_deref(), Some("eth1"));
+        assert_eq!(net.cidr().unwrap().1, 16);
+        assert_eq!(net.gateway, None);
+    }
+
+    #[test]
+    fn network_config_v2() {
+        let nc = "version: 2\nethernets:\n  eth0:\n    addresses: [10.0.2.15/24]\n    gateway4: 10.0.2.2\n    nameservers:\n      addresses: [10.0.2.3]\n";
+        let net = parse_network_config(nc).unwrap().unwrap();
+        assert_eq!(net.interface.as_deref(), Some("eth0"));
+        assert_eq!(net.cidr().unwrap(), (Ipv4Addr::new(10, 0, 2, 15), 24));
+        assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(net.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
+
+        // Wrapped in `network:`, default route via `routes`.
+        let nc = "network:\n  version: 2\n  ethernets:\n    lan:\n      addresses: [\"172.16.0.9/12\"]\n      routes:\n        - to: default\n          via: 172.16.0.1\n";
+        let net = parse_network_config(nc).unwrap().unwrap();
+        assert_eq!(net.gateway, Some(Ipv4Addr::new(172, 16, 0, 1)));
+        assert!(net.dns.is_empty());
+
+        // DHCP or nothing static: None.
+        assert_eq!(
+            parse_network_config("version: 2\nethernets:\n  eth0:\n    dhcp4: true\n").unwrap(),
+            None
+        );
+        assert_eq!(parse_network_config("").unwrap(), None);
+        assert!(matches!(
+            parse_network_config("version: 1\nconfig: []\n"),
+            Err(ConfigError::NetworkVersion(1))
+        ));
+        assert!(matches!(
+            parse_network_config("version: 2\nethernets:\n  eth0:\n    addresses: [bogus]\n"),
+            Err(ConfigError::Address(_))
+        ));
+        assert!(parse_network_config("version: [").is_err());
     }
 }

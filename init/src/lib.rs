@@ -5,15 +5,17 @@
 
 pub mod blockdev;
 pub mod config;
+pub mod grow;
 pub mod modules;
 pub mod mounts;
 pub mod net;
 mod pid1;
 mod power;
+pub mod sntp;
 pub mod supervisor;
 pub mod sys;
 
 pub use pid1::{
     memory_in_use_kib, request_poweroff, run_pid1, BUILD_EPOCH_FILE, DATA_DIR, KUBECONFIG,
-    KUBECONFIG_BEGIN, KUBECONFIG_END, MODULES_FILE,
+    KUBECONFIG_BEGIN, KUBECONFIG_END, MODULES_FILE, NODE_PID_FILE,
 };

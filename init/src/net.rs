@@ -163,11 +163,22 @@ impl Netlink {
         )
     }
 
-    pub fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> Result<(), NetError> {
+    /// A default route via `gateway`; `from_dhcp` marks who installed it (`proto dhcp` or
+    /// `proto static` in `ip route`).
+    pub fn add_default_route(
+        &mut self,
+        index: u32,
+        gateway: Ipv4Addr,
+        from_dhcp: bool,
+    ) -> Result<(), NetError> {
         let mut m = RouteMessage::default();
         m.header.address_family = AddressFamily::Inet;
         m.header.table = 254; // main
-        m.header.protocol = RouteProtocol::Dhcp;
+        m.header.protocol = if from_dhcp {
+            RouteProtocol::Dhcp
+        } else {
+            RouteProtocol::Static
+        };
         m.header.scope = RouteScope::Universe;
         m.header.kind = RouteType::Unicast;
         m.attributes
@@ -190,6 +201,8 @@ pub struct Lease {
     pub dns: Vec<Ipv4Addr>,
     pub server: Ipv4Addr,
     pub lease_secs: u32,
+    /// Option 42.
+    pub ntp: Vec<Ipv4Addr>,
 }
 
 fn prefix_of(mask: Ipv4Addr) -> u8 {
@@ -223,6 +236,7 @@ pub fn client_message(
         OptionCode::Router,
         OptionCode::DomainNameServer,
         OptionCode::AddressLeaseTime,
+        OptionCode::NtpServers,
     ]));
     if let Some((addr, server)) = request {
         opts.insert(DhcpOption::RequestedIpAddress(addr));
@@ -257,6 +271,10 @@ pub fn lease_of(msg: &v4::Message) -> Lease {
         Some(DhcpOption::AddressLeaseTime(t)) => *t,
         _ => 3600,
     };
+    let ntp = match o.get(OptionCode::NtpServers) {
+        Some(DhcpOption::NtpServers(n)) => n.clone(),
+        _ => Vec::new(),
+    };
     Lease {
         address: msg.yiaddr(),
         prefix: prefix_of(mask),
@@ -264,6 +282,7 @@ pub fn lease_of(msg: &v4::Message) -> Lease {
         dns,
         server,
         lease_secs,
+        ntp,
     }
 }
 
@@ -461,6 +480,10 @@ mod tests {
             .opts_mut()
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
         offer.opts_mut().insert(DhcpOption::AddressLeaseTime(86400));
+        offer.opts_mut().insert(DhcpOption::NtpServers(vec![
+            Ipv4Addr::new(10, 0, 2, 4),
+            Ipv4Addr::new(192, 0, 2, 1),
+        ]));
         let bytes = encode(&offer).unwrap();
         let l = lease_of(&v4::Message::decode(&mut Decoder::new(&bytes)).unwrap());
         assert_eq!(
@@ -471,7 +494,8 @@ mod tests {
                 router: Some(Ipv4Addr::new(10, 0, 2, 2)),
                 dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
                 server: Ipv4Addr::new(10, 0, 2, 2),
-                lease_secs: 86400
+                lease_secs: 86400,
+                ntp: vec![Ipv4Addr::new(10, 0, 2, 4), Ipv4Addr::new(192, 0, 2, 1)],
             }
         );
         assert_eq!(resolv_conf(&l.dns), "nameserver 10.0.2.3\n");

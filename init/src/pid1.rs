@@ -2,12 +2,13 @@
 //! Every step logs and survives its failure; nothing here panics or returns.
 
 use crate::blockdev::{self, Probe};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StaticNetwork};
 use crate::sys::{MountFlags, RealSys, Sys};
-use crate::{modules, mounts, net, power, supervisor::Backoff};
+use crate::{grow, modules, mounts, net, power, sntp, supervisor::Backoff};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +24,15 @@ pub const BUILD_EPOCH_FILE: &str = "/etc/k3rs/build-epoch";
 pub const INITRAMFS_MARKER: &str = "/etc/k3rs/initramfs";
 /// Set by stage 1 when it execs the root slot's `/init`.
 const STAGE_ENV: &str = "K3RS_INIT_STAGE";
+/// The node daemon's pid while it runs (what a service manager calls its main pid).
+pub const NODE_PID_FILE: &str = "/run/k3rs/node.pid";
+/// Airgap image archives on the NoCloud seed: `images/*.tar` are copied to
+/// `<data-dir>/agent/images/`, which the kubelet imports at start (K3s's airgap directory).
+const SEED_IMAGES_DIR: &str = "images";
+/// How often the clock is re-checked against the SNTP servers.
+const SNTP_INTERVAL: Duration = Duration::from_secs(1024);
+/// Offsets below this are left alone (no slewing here; stepping for noise is worse).
+const SNTP_STEP_THRESHOLD_NANOS: i128 = 500_000_000;
 pub const KUBECONFIG_BEGIN: &str = "-----BEGIN K3RS KUBECONFIG-----";
 pub const KUBECONFIG_END: &str = "-----END K3RS KUBECONFIG-----";
 const API_PORT: u16 = 6443;
@@ -131,7 +141,7 @@ pub fn run_pid1() -> ! {
     power::watch_power_buttons();
 
     wait_for_partition("data", Duration::from_secs(5));
-    let cfg = load_config(&sys);
+    let (cfg, seed) = load_config(&sys);
     let hostname = cfg.hostname.clone().unwrap_or_else(|| "k3rs".to_string());
     set_hostname(&sys, &hostname);
     let mut mounted = Vec::new();
@@ -139,7 +149,29 @@ pub fn run_pid1() -> ! {
         mounted.push(m);
     }
     machine_id(&sys);
-    bring_up_network(&hostname);
+    if let Some(seed) = &seed {
+        import_seed_images(&sys, seed);
+    }
+    let mut ntp_servers = cfg.ntp_servers.clone();
+    for s in bring_up_network(&hostname, cfg.network.as_ref()) {
+        if !ntp_servers.contains(&s) {
+            ntp_servers.push(s);
+        }
+    }
+    // Before the daemon starts: it creates certificates on first boot and checks peers' ones.
+    if !ntp_servers.is_empty() {
+        sync_clock(&ntp_servers);
+        let servers = ntp_servers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sntp".into())
+            .spawn(move || loop {
+                std::thread::sleep(SNTP_INTERVAL);
+                sync_clock(&servers);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "starting the SNTP thread failed");
+        }
+    }
     info!(
         uptime = uptime(),
         "k3rs-init: system up; starting the node daemon"
@@ -359,11 +391,14 @@ fn init_logging() {
         .try_init();
 }
 
-fn clock_sanity() {
-    let Some(epoch) = std::fs::read_to_string(BUILD_EPOCH_FILE)
+fn build_epoch() -> Option<i64> {
+    std::fs::read_to_string(BUILD_EPOCH_FILE)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
-    else {
+}
+
+fn clock_sanity() {
+    let Some(epoch) = build_epoch() else {
         return;
     };
     let now = std::time::SystemTime::now()
@@ -384,6 +419,66 @@ fn clock_sanity() {
             "clock was before the image's build date; set it forward"
         );
     }
+}
+
+fn now_unix_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Asks the servers in order until one answers, and steps the clock to its time unless that is
+/// before the image's build date. Returns whether a server answered.
+fn sync_clock(servers: &[String]) -> bool {
+    let floor = build_epoch().unwrap_or(0);
+    for server in servers {
+        let addrs = match sntp::resolve(server) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(server = %server, "SNTP: {}", chain(&e));
+                continue;
+            }
+        };
+        for addr in addrs {
+            let reply = (0..2)
+                .map(|_| sntp::query(addr, Duration::from_secs(1)))
+                .find(|r| !matches!(r, Err(sntp::SntpError::Io { .. })))
+                .unwrap_or_else(|| sntp::query(addr, Duration::from_secs(1)));
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(server = %addr, "SNTP: {}", chain(&e));
+                    continue;
+                }
+            };
+            let offset_ms = (reply.offset_nanos / 1_000_000) as i64;
+            if reply.offset_nanos.abs() < SNTP_STEP_THRESHOLD_NANOS {
+                info!(server = %addr, offset_ms, stratum = reply.stratum, "k3rs-init: SNTP: clock in sync");
+                return true;
+            }
+            match sntp::corrected_time(now_unix_nanos(), &reply, floor) {
+                Ok(t) => {
+                    let ts = libc::timespec {
+                        tv_sec: (t / 1_000_000_000) as libc::time_t,
+                        tv_nsec: (t % 1_000_000_000) as libc::c_long,
+                    };
+                    // SAFETY: clock_settime with a valid clock id and a timespec that outlives
+                    // the call.
+                    let r = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+                    if r == 0 {
+                        info!(server = %addr, offset_ms, stratum = reply.stratum, "k3rs-init: SNTP: clock stepped");
+                    } else {
+                        warn!(error = %std::io::Error::last_os_error(), "SNTP: clock_settime failed");
+                    }
+                    return true;
+                }
+                Err(e) => warn!(server = %addr, "SNTP: {}; clock left alone", chain(&e)),
+            }
+        }
+    }
+    warn!(servers = ?servers, "SNTP: no server gave a usable time");
+    false
 }
 
 fn wait_for_partition(name: &str, max: Duration) -> Option<blockdev::BlockDev> {
@@ -408,9 +503,18 @@ fn read_opt(sys: &dyn Sys, p: &Path) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-/// The NoCloud seed (a CIDATA vfat/iso9660 volume), else `k3rs.toml` on the ESP, else defaults.
-/// A broken file is reported and ignored: the node boots with defaults and nothing is written.
-fn load_config(sys: &dyn Sys) -> NodeConfig {
+/// A NoCloud seed volume.
+struct Seed {
+    dev: PathBuf,
+    fstype: &'static str,
+}
+
+const SEED_MOUNT: &str = "/run/k3rs/seed";
+
+/// The NoCloud seed (a CIDATA vfat/iso9660 volume: `user-data`, `meta-data`, optional
+/// `network-config` v2), else `k3rs.toml` on the ESP, else defaults. A broken file is reported
+/// and ignored: the node boots with defaults and nothing is written.
+fn load_config(sys: &dyn Sys) -> (NodeConfig, Option<Seed>) {
     for dev in blockdev::list() {
         let Ok(head) = blockdev::read_head(&dev.dev) else {
             continue;
@@ -420,7 +524,7 @@ fn load_config(sys: &dyn Sys) -> NodeConfig {
             Probe::Iso9660 { label } if label.eq_ignore_ascii_case("cidata") => "iso9660",
             _ => continue,
         };
-        let dir = Path::new("/run/k3rs/seed");
+        let dir = Path::new(SEED_MOUNT);
         let _ = sys.mkdir_all(dir);
         let ro = MountFlags {
             rdonly: true,
@@ -428,12 +532,13 @@ fn load_config(sys: &dyn Sys) -> NodeConfig {
         };
         if let Err(e) = sys.mount(&dev.dev.display().to_string(), dir, fstype, ro, None) {
             error!(device = %dev.dev.display(), error = %e, "mounting the NoCloud seed failed; booting with defaults");
-            return NodeConfig::default();
+            return (NodeConfig::default(), None);
         }
         let ud = read_opt(sys, &dir.join("user-data")).unwrap_or_default();
         let md = read_opt(sys, &dir.join("meta-data"));
+        let nc = read_opt(sys, &dir.join("network-config"));
         let _ = sys.umount(dir);
-        return match NodeConfig::from_nocloud(&ud, md.as_deref()) {
+        let mut cfg = match NodeConfig::from_nocloud(&ud, md.as_deref()) {
             Ok(c) => {
                 info!(device = %dev.dev.display(), role = ?c.role, hostname = ?c.hostname, "k3rs-init: config from NoCloud seed");
                 c
@@ -443,6 +548,24 @@ fn load_config(sys: &dyn Sys) -> NodeConfig {
                 NodeConfig::default()
             }
         };
+        // network-config is read even when user-data is broken: a node that boots with
+        // defaults should still be reachable where DHCP is absent.
+        if let (None, Some(nc)) = (&cfg.network, nc) {
+            match crate::config::parse_network_config(&nc) {
+                Ok(n) => cfg.network = n,
+                Err(e) => error!(
+                    "k3rs-init: CONFIG ERROR: network-config: {}; using DHCP",
+                    chain(&e)
+                ),
+            }
+        }
+        return (
+            cfg,
+            Some(Seed {
+                dev: dev.dev.clone(),
+                fstype,
+            }),
+        );
     }
     if let Some(esp) = blockdev::list()
         .into_iter()
@@ -464,18 +587,65 @@ fn load_config(sys: &dyn Sys) -> NodeConfig {
                 return match NodeConfig::from_toml(&text) {
                     Ok(c) => {
                         info!(role = ?c.role, hostname = ?c.hostname, "k3rs-init: config from k3rs.toml on the ESP");
-                        c
+                        (c, None)
                     }
                     Err(e) => {
                         error!("k3rs-init: CONFIG ERROR: {}; booting with defaults, nothing overwritten", chain(&e));
-                        NodeConfig::default()
+                        (NodeConfig::default(), None)
                     }
                 };
             }
         }
     }
     info!("k3rs-init: no seed or k3rs.toml; default config (single-node server)");
-    NodeConfig::default()
+    (NodeConfig::default(), None)
+}
+
+/// Copies `images/*.tar` from the seed into the kubelet's airgap directory, skipping archives
+/// already there with the same size (the seed stays attached across boots).
+fn import_seed_images(sys: &dyn Sys, seed: &Seed) {
+    let dir = Path::new(SEED_MOUNT);
+    let ro = MountFlags {
+        rdonly: true,
+        ..MountFlags::SECURE
+    };
+    if let Err(e) = sys.mount(&seed.dev.display().to_string(), dir, seed.fstype, ro, None) {
+        warn!(device = %seed.dev.display(), error = %e, "mounting the NoCloud seed for airgap images failed");
+        return;
+    }
+    let dest = Path::new(DATA_DIR).join("agent/images");
+    let mut copied = 0;
+    if let Ok(rd) = std::fs::read_dir(dir.join(SEED_IMAGES_DIR)) {
+        for e in rd.flatten() {
+            let src = e.path();
+            let is_tar = src
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("tar"));
+            let Some(name) = src.file_name().filter(|_| is_tar) else {
+                continue;
+            };
+            let target = dest.join(name.to_ascii_lowercase());
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::metadata(&target).is_ok_and(|m| m.len() == size) {
+                continue;
+            }
+            let tmp = target.with_extension("tar.part");
+            let r = std::fs::create_dir_all(&dest)
+                .and_then(|_| std::fs::copy(&src, &tmp))
+                .and_then(|_| std::fs::rename(&tmp, &target));
+            match r {
+                Ok(()) => copied += 1,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    warn!(file = %src.display(), error = %e, "copying an airgap image from the seed failed");
+                }
+            }
+        }
+    }
+    let _ = sys.umount(dir);
+    if copied > 0 {
+        info!(copied, to = %dest.display(), "k3rs-init: airgap images from the NoCloud seed");
+    }
 }
 
 fn set_hostname(sys: &dyn Sys, name: &str) {
@@ -516,6 +686,7 @@ fn mount_data_partition(sys: &dyn Sys, target: &Path) -> Option<PathBuf> {
         warn!("no data partition (GPT name \"data\"); cluster state lives in memory only");
         return None;
     };
+    grow_data_partition(&dev);
     let head = match blockdev::read_head(&dev.dev) {
         Ok(h) => h,
         Err(e) => {
@@ -523,8 +694,19 @@ fn mount_data_partition(sys: &dyn Sys, target: &Path) -> Option<PathBuf> {
             return None;
         }
     };
+    let mut grow_fs_to = None;
     match blockdev::probe(&head) {
-        Probe::Ext4 => {}
+        Probe::Ext4 => {
+            let part_bytes = sysfs_u64(&format!("/sys/class/block/{}/size", dev.name))
+                .map(|s| s * 512)
+                .unwrap_or(0);
+            if let Some((block, blocks)) = grow::ext4_geometry(&head) {
+                let fits = part_bytes / block;
+                if fits.saturating_sub(blocks) * block >= grow::MIN_GROWTH_BYTES {
+                    grow_fs_to = Some((block, blocks, fits));
+                }
+            }
+        }
         Probe::Blank => {
             info!(device = %dev.dev.display(), "k3rs-init: first boot: creating ext4 on the data partition");
             let status = command("/sbin/mke2fs")
@@ -566,12 +748,80 @@ fn mount_data_partition(sys: &dyn Sys, target: &Path) -> Option<PathBuf> {
     match sys.mount(&dev.dev.display().to_string(), &target, "ext4", flags, None) {
         Ok(()) => {
             info!(device = %dev.dev.display(), "k3rs-init: data partition mounted at {DATA_DIR}");
+            if let Some((block, from, to)) = grow_fs_to {
+                match grow::ext4_resize_online(&target, to) {
+                    Ok(()) => info!(
+                        from_mib = (from * block) >> 20,
+                        to_mib = (to * block) >> 20,
+                        "k3rs-init: data filesystem grown online (EXT4_IOC_RESIZE_FS)"
+                    ),
+                    Err(e) => warn!("growing the data filesystem: {}", chain(&e)),
+                }
+            }
             Some(target)
         }
         Err(e) => {
             error!(device = %dev.dev.display(), error = %e, "mounting the data partition failed; state in memory only");
             None
         }
+    }
+}
+
+fn sysfs_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Extends the data partition to the end of its disk when the disk is larger than the image
+/// (see [`grow`]). Failures are logged; the partition is then used as it is.
+fn grow_data_partition(part: &blockdev::BlockDev) {
+    let Some(disk) = std::fs::canonicalize(format!("/sys/class/block/{}", part.name))
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+    else {
+        return;
+    };
+    let sector =
+        sysfs_u64(&format!("/sys/class/block/{disk}/queue/logical_block_size")).unwrap_or(512);
+    let Some(disk_lbas) =
+        sysfs_u64(&format!("/sys/class/block/{disk}/size")).map(|s| s * 512 / sector)
+    else {
+        return;
+    };
+    let disk_dev = PathBuf::from(format!("/dev/{disk}"));
+    let result = (|| -> Result<Option<grow::Growth>, grow::GrowError> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk_dev)
+            .map_err(|source| grow::GrowError::Io {
+                what: format!("opening {}", disk_dev.display()),
+                source,
+            })?;
+        let Some(g) = grow::grow_gpt_partition(&mut f, sector, disk_lbas, "data")? else {
+            return Ok(None);
+        };
+        f.sync_all().map_err(|source| grow::GrowError::Io {
+            what: "syncing the GPT".into(),
+            source,
+        })?;
+        grow::kernel_resize_partition(
+            &disk_dev,
+            g.number,
+            g.first_lba * sector,
+            (g.new_last_lba - g.first_lba + 1) * sector,
+        )?;
+        Ok(Some(g))
+    })();
+    match result {
+        Ok(Some(g)) => info!(
+            disk = %disk_dev.display(),
+            partition = g.number,
+            from_mib = ((g.old_last_lba - g.first_lba + 1) * sector) >> 20,
+            to_mib = ((g.new_last_lba - g.first_lba + 1) * sector) >> 20,
+            "k3rs-init: data partition grown to fill the disk"
+        ),
+        Ok(None) => {}
+        Err(e) => warn!(disk = %disk_dev.display(), "growing the data partition: {}", chain(&e)),
     }
 }
 
@@ -594,52 +844,93 @@ fn machine_id(sys: &dyn Sys) {
     let _ = sys.write_file(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes());
 }
 
-fn bring_up_network(hostname: &str) {
+/// Loopback, then the static config or DHCP on the first wired interface. Returns the NTP
+/// servers DHCP named (option 42).
+fn bring_up_network(hostname: &str, static_net: Option<&StaticNetwork>) -> Vec<String> {
     let mut nl = match net::Netlink::open() {
         Ok(n) => n,
         Err(e) => {
             error!("netlink: {}; no networking", chain(&e));
-            return;
+            return Vec::new();
         }
     };
     if let Err(e) = nl.link_up(1) {
         warn!("loopback: {}", chain(&e));
     }
     let start = Instant::now();
+    let wanted = static_net.and_then(|n| n.interface.clone());
     let iface = loop {
-        if let Some(i) = net::first_wired_interface() {
-            break i;
+        if let Some(w) = &wanted {
+            if Path::new("/sys/class/net").join(w).exists() {
+                break w.clone();
+            }
+        }
+        // A named interface gets a second to appear before the first wired one is used.
+        if wanted.is_none() || start.elapsed() > Duration::from_secs(1) {
+            if let Some(i) = net::first_wired_interface() {
+                if let Some(w) = &wanted {
+                    warn!(wanted = %w, using = %i, "static network: no such interface; using the first wired one");
+                }
+                break i;
+            }
         }
         if start.elapsed() > Duration::from_secs(5) {
             warn!("no wired network interface; networking is loopback only");
-            return;
+            return Vec::new();
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let result = (|| -> Result<(), net::NetError> {
+    if let Some(st) = static_net {
+        let result = (|| -> Result<(Ipv4Addr, u8), String> {
+            let (addr, prefix) = st.cidr().map_err(|e| e.to_string())?;
+            let index = net::ifindex(&iface).map_err(|e| chain(&e))?;
+            nl.link_up(index).map_err(|e| chain(&e))?;
+            nl.add_address(index, addr, prefix).map_err(|e| chain(&e))?;
+            if let Some(gw) = st.gateway {
+                nl.add_default_route(index, gw, false)
+                    .map_err(|e| chain(&e))?;
+            }
+            Ok((addr, prefix))
+        })();
+        match result {
+            Ok((addr, prefix)) => {
+                if !st.dns.is_empty() {
+                    if let Err(e) = std::fs::write("/etc/resolv.conf", net::resolv_conf(&st.dns)) {
+                        warn!(error = %e, "writing /etc/resolv.conf failed");
+                    }
+                }
+                info!(iface = %iface, address = %addr, prefix, gateway = ?st.gateway, dns = ?st.dns, "k3rs-init: static network");
+            }
+            Err(e) => error!(iface = %iface, "static network: {e}"),
+        }
+        return Vec::new();
+    }
+    let result = (|| -> Result<Vec<String>, net::NetError> {
         let index = net::ifindex(&iface)?;
         nl.link_up(index)?;
         let client = net::DhcpClient::new(&iface, Some(hostname.to_string()))?;
         let lease = client.acquire(Duration::from_secs(20))?;
         apply_lease(&mut nl, index, &lease)?;
-        info!(iface = %iface, address = %lease.address, prefix = lease.prefix, router = ?lease.router, dns = ?lease.dns, lease_secs = lease.lease_secs, "k3rs-init: DHCP lease");
+        info!(iface = %iface, address = %lease.address, prefix = lease.prefix, router = ?lease.router, dns = ?lease.dns, ntp = ?lease.ntp, lease_secs = lease.lease_secs, "k3rs-init: DHCP lease");
+        let ntp = lease.ntp.iter().map(|a| a.to_string()).collect();
         let spawned = std::thread::Builder::new()
             .name("dhcp".into())
             .spawn(move || renew_loop(client, lease, index));
         if let Err(e) = spawned {
             warn!(error = %e, "starting the DHCP renewal thread failed");
         }
-        Ok(())
+        Ok(ntp)
     })();
-    if let Err(e) = result {
+    result.unwrap_or_else(|e| {
         error!(iface = %iface, "network: {}", chain(&e));
-    }
+        Vec::new()
+    })
 }
 
 fn apply_lease(nl: &mut net::Netlink, index: u32, lease: &net::Lease) -> Result<(), net::NetError> {
     nl.add_address(index, lease.address, lease.prefix)?;
     if let Some(gw) = lease.router {
-        nl.add_default_route(index, gw)?;
+        nl.add_default_route(index, gw, true)?;
     }
     if !lease.dns.is_empty() {
         if let Err(e) = std::fs::write("/etc/resolv.conf", net::resolv_conf(&lease.dns)) {
@@ -689,10 +980,16 @@ fn spawn_daemon(cfg: &NodeConfig) -> Option<Running> {
         .env("HOME", "/root")
         .spawn()
     {
-        Ok(child) => Some(Running {
-            pid: Pid::from_raw(child.id() as i32),
-            started: Instant::now(),
-        }),
+        Ok(child) => {
+            let _ = std::fs::create_dir_all("/run/k3rs");
+            if let Err(e) = std::fs::write(NODE_PID_FILE, format!("{}\n", child.id())) {
+                warn!(error = %e, "writing {NODE_PID_FILE} failed");
+            }
+            Some(Running {
+                pid: Pid::from_raw(child.id() as i32),
+                started: Instant::now(),
+            })
+        }
         Err(e) => {
             error!(error = %e, "starting the node daemon failed");
             None
