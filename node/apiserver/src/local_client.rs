@@ -10,7 +10,7 @@ use k3rs_client::{
     WatchEvent, WatchStream,
 };
 use k3rs_resources::ResourceType;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -364,15 +364,9 @@ impl Client for LocalClient {
             let result = match subresource {
                 "binding" => crate::subresources::bind_pod(&self.api, &t, name, &body).await,
                 "token" => crate::subresources::token_request(&self.api, &t, name, body).await,
-                "eviction" => objects::delete(
-                    &self.api,
-                    &t,
-                    name,
-                    &DeleteOptions::default(),
-                    &Query::new(),
-                )
-                .await
-                .map(|_| json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                "eviction" => {
+                    crate::subresources::evict_pod(&self.api, &t, name, &body, &Query::new()).await
+                }
                 other => Err(ApiError::method_not_allowed(format!(
                     "subresource {other} cannot be created"
                 ))),

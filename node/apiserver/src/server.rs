@@ -5,7 +5,7 @@ use crate::auth::{self, Attributes, User};
 use crate::body::{self, Body};
 use crate::objects::{self, Part, Query, Target};
 use crate::state::Api;
-use crate::status::{success_status, ApiError};
+use crate::status::ApiError;
 use crate::{discovery, subresources, watch};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -333,9 +333,16 @@ async fn route(
             ))
         }
         (Method::POST, Some(n), Some("eviction")) => {
-            let opts = objects::DeleteOptions::default();
-            objects::delete(api, &t, n, &opts, &q).await?;
-            Ok(body::json_response(201, &success_status(None)))
+            let raw = read_body(req).await?;
+            let eviction = if raw.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                body::decode_object(&media, &raw)?
+            };
+            Ok(body::json_response(
+                201,
+                &subresources::evict_pod(api, &t, n, &eviction, &q).await?,
+            ))
         }
         (Method::PUT, Some(n), None | Some("status")) => {
             let raw = read_body(req).await?;

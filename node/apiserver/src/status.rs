@@ -155,6 +155,16 @@ impl ApiError {
         )
     }
 
+    /// 429 TooManyRequests (e.g. an eviction a disruption budget forbids), with the seconds after
+    /// which the client may retry.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        let mut e = Self::new(429, "TooManyRequests", message).with_details("", "", "");
+        if let Some(d) = e.details.as_mut() {
+            d.retry_after_seconds = Some(retry_after_seconds);
+        }
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

@@ -117,17 +117,20 @@ impl Informer {
         }
     }
 
-    /// Lists and watches forever; after a failed watch, re-lists and reports what vanished as deleted.
+    /// Lists and watches forever on a task of its own (see [`Informer::run`]).
     pub fn spawn(&self, client: Arc<dyn Client>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = me.list_watch(&client).await {
-                    warn!(resource = %me.resource.plural, error = %e, "watch failed; re-listing");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::spawn(self.clone().run(client));
+    }
+
+    /// Lists and watches forever; after a failed watch, re-lists and reports what vanished as
+    /// deleted. Dropping the future stops the watch (a controller group that loses its lease).
+    pub async fn run(self, client: Arc<dyn Client>) {
+        loop {
+            if let Err(e) = self.list_watch(&client).await {
+                warn!(resource = %self.resource.plural, error = %e, "watch failed; re-listing");
             }
-        });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     async fn list_watch(&self, client: &Arc<dyn Client>) -> Result<(), crate::ClientError> {

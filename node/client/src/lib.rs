@@ -7,6 +7,7 @@
 pub mod events;
 pub mod informer;
 pub mod labels;
+pub mod leaderelection;
 
 use serde_json::Value;
 use std::future::Future;

@@ -11,12 +11,14 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub use k3rs_client::events;
 pub use k3rs_client::informer;
 pub mod history;
 pub mod job;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod selector;
 pub mod servicelb;
@@ -29,11 +31,8 @@ use tracing::info;
 
 #[derive(Clone, Debug, Default)]
 pub struct ControllersConfig {
-    /// Take a Lease before reconciling, so two servers sharing one datastore never both act.
-    /// Off by default: the embedded SQLite datastore cannot be shared by two servers, so a single
-    /// server needs no election, and lease renewals would write to disk every few seconds.
-    /// (Not implemented yet: setting it only logs a warning.)
-    pub leader_election: bool,
+    /// `--node-monitor-grace-period`: a node silent this long turns Unknown (None: 40 s).
+    pub node_monitor_grace_period: Option<std::time::Duration>,
     /// `--cluster-cidr`: the node IPAM controller hands each Node a subnet of it (None: K3s's
     /// 10.42.0.0/16).
     pub cluster_cidr: Option<String>,
@@ -117,11 +116,6 @@ impl Ctx {
 /// Builds every controller, starts the caches, waits for them to fill, then runs the
 /// controllers forever.
 pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
-    if config.leader_election {
-        tracing::warn!(
-            "leader election is not implemented yet; running as the only controller manager"
-        );
-    }
     match nodeipam::NodeIpamController::new(
         client.clone(),
         config
@@ -145,6 +139,13 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     let deploy = deployment::DeploymentController::new(ctx.clone());
     let ep = endpoints::EndpointsController::new(ctx.clone());
     let jobs = job::JobController::new(ctx.clone());
+    let pdbs = disruption::DisruptionController::new(ctx.clone());
+    let nodes = nodelifecycle::NodeLifecycleController::new(
+        ctx.clone(),
+        config
+            .node_monitor_grace_period
+            .unwrap_or(nodelifecycle::DEFAULT_GRACE_PERIOD),
+    );
     let rc = replicaset::ReplicaSetController::replication_controllers(ctx.clone());
     let sts = statefulset::StatefulSetController::new(ctx.clone());
     let ds = daemonset::DaemonSetController::new(ctx.clone());
@@ -159,6 +160,8 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     tokio::spawn(rs.run());
     tokio::spawn(deploy.run());
     tokio::spawn(ep.run());
+    tokio::spawn(pdbs.run());
+    tokio::spawn(nodes.run());
     tokio::spawn(rc.run());
     tokio::spawn(sts.run());
     tokio::spawn(ds.run());

@@ -90,6 +90,60 @@ pub struct ServerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// How long a node may stop heartbeating before it is marked Unknown and tainted
+    /// unreachable (kube-controller-manager's flag; "40s", "500ms", "2m").
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// The scheduler and the controller manager each take a Lease in kube-system
+    /// (`kube-scheduler`, `kube-controller-manager`) and run only while holding it. Off by
+    /// default: the embedded SQLite datastore cannot be shared by two servers, and renewals would
+    /// write to disk every 2 s.
+    #[arg(long)]
+    pub leader_elect: bool,
+}
+
+/// A Go-style duration: a number with `ms`, `s`, `m` or `h` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 40s"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Runs a controller group, behind leader election on `lease` when enabled (upstream's
+/// `<hostname>_<uuid>` identity); losing the lease stops every task of the group.
+async fn run_elected<F, Fut>(
+    client: std::sync::Arc<dyn k3rs_client::Client>,
+    enabled: bool,
+    lease: &'static str,
+    hostname: String,
+    group: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use k3rs_client::leaderelection::{on_own_runtime, ElectionConfig, LeaderElector};
+    if !enabled {
+        return group().await;
+    }
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|u| u.trim().to_string())
+        .unwrap_or_else(|_| std::process::id().to_string());
+    let identity = format!("{hostname}_{uuid}");
+    LeaderElector::new(client, ElectionConfig::new(lease, &identity))
+        .run(|| on_own_runtime(lease, group()))
+        .await;
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
@@ -213,17 +267,32 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let local: std::sync::Arc<dyn k3rs_client::Client> = std::sync::Arc::new(
         k3rs_apiserver::local_client::LocalClient::new(server.api.clone()),
     );
-    tokio::spawn(k3rs_scheduler::run(
+    let scheduler_client = local.clone();
+    tokio::spawn(run_elected(
         local.clone(),
-        k3rs_scheduler::SchedulerConfig::default(),
-    ));
-    tokio::spawn(k3rs_controllers::run(
-        local,
-        k3rs_controllers::ControllersConfig {
-            cluster_cidr: Some(args.cluster_cidr.clone()),
-            servicelb: !args.disable.iter().any(|d| d == "servicelb"),
-            ..Default::default()
+        args.leader_elect,
+        "kube-scheduler",
+        hostname.clone(),
+        move || {
+            k3rs_scheduler::run(
+                scheduler_client.clone(),
+                k3rs_scheduler::SchedulerConfig::default(),
+            )
         },
+    ));
+    let controllers_config = k3rs_controllers::ControllersConfig {
+        cluster_cidr: Some(args.cluster_cidr.clone()),
+        servicelb: !args.disable.iter().any(|d| d == "servicelb"),
+        node_monitor_grace_period: Some(args.node_monitor_grace_period),
+        ..Default::default()
+    };
+    let controllers_client = local.clone();
+    tokio::spawn(run_elected(
+        local,
+        args.leader_elect,
+        "kube-controller-manager",
+        hostname.clone(),
+        move || k3rs_controllers::run(controllers_client.clone(), controllers_config.clone()),
     ));
     let port = server
         .local_addr()
