@@ -4,6 +4,7 @@
 
 pub mod images;
 
+pub mod registry;
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -101,9 +101,20 @@ fn images(data_dir: &std::path::Path, action: ImagesAction) -> Result<()> {
             }
         }
         ImagesAction::Rm { references } => {
+            // Like `crictl rmi`: an image a container (created, running or exited but kept)
+            // uses is refused; the others are still removed.
+            let mut failed = 0;
             for r in references {
-                store.remove(&r)?;
-                println!("deleted {r}");
+                match store.remove_unused(&r) {
+                    Ok(()) => println!("deleted {r}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} image(s) not removed");
             }
         }
     }

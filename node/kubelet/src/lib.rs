@@ -4,6 +4,7 @@
 
 pub mod container_spec;
 pub mod exec;
+pub mod images;
 pub mod logs;
 pub mod network;
 pub mod node;
@@ -42,6 +43,10 @@ pub struct KubeletConfig {
     pub resolv_conf: Option<PathBuf>,
     /// `--container-log-max-size` / `--container-log-max-files` (10Mi and 5 by default).
     pub container_log: k3rs_runtime::crilog::LogRotation,
+    /// `registries.yaml` (`--private-registry`): mirrors and registry credentials.
+    pub registries: Arc<k3rs_images::registries::Registries>,
+    /// `--image-gc-high-threshold` / `--image-gc-low-threshold`.
+    pub image_gc: k3rs_images::gc::GcPolicy,
 }
 
 /// A started kubelet: its pods (for log streaming) and the image store.
@@ -75,6 +80,13 @@ impl Kubelet {
         let images = k3rs_images::ImageStore::open(cfg.agent_dir.join("images-store"))?;
         import_airgap_images(&images, &cfg.agent_dir.join("images"));
         let runtime = k3rs_runtime::Runtime::new(cfg.agent_dir.join("containers"))?;
+        let image_gc_kick = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(crate::images::gc_loop(
+            images.clone(),
+            cfg.image_gc,
+            Arc::new(k3rs_images::gc::Statvfs),
+            image_gc_kick.clone(),
+        ));
         node::register(client.as_ref(), &cfg.node).await?;
         tokio::spawn(node::heartbeat(client.clone(), cfg.node.clone()));
         let host_ip = cfg
@@ -89,7 +101,8 @@ impl Kubelet {
             root: cfg.agent_dir.clone(),
             cluster_dns: cfg.cluster_dns.clone(),
             cluster_domain: cfg.cluster_domain.clone(),
-            plain_http_registries: Vec::new(),
+            registries: cfg.registries.clone(),
+            image_gc_kick: image_gc_kick.clone(),
             resolv_conf: cfg.resolv_conf.clone(),
             network: network::Network::new(),
             container_log: cfg.container_log,

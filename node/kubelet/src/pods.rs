@@ -32,7 +32,10 @@ pub struct PodsConfig {
     pub root: PathBuf,
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
-    pub plain_http_registries: Vec<String>,
+    /// Mirrors and registry credentials (`registries.yaml`).
+    pub registries: Arc<k3rs_images::registries::Registries>,
+    /// Notified after every pull so image GC looks at disk usage.
+    pub image_gc_kick: Arc<tokio::sync::Notify>,
     /// `--resolv-conf`: the node's resolver for dnsPolicy Default (else /etc/resolv.conf).
     pub resolv_conf: Option<PathBuf>,
     /// The pod network (bridge, veths, addresses) pods that are not hostNetwork attach to.
@@ -71,6 +74,10 @@ pub struct Pods {
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Probes and lifecycle hooks (`probes.rs`).
     prober: Prober,
+    /// ImagePullBackOff per pod and image.
+    pull_backoff: crate::images::PullBackoff,
+    /// Pulling/Pulled/Failed events.
+    image_events: k3rs_client::events::Recorder,
 }
 
 enum Msg {
@@ -142,6 +149,7 @@ impl Pods {
         cfg: PodsConfig,
     ) -> Arc<Pods> {
         let network = cfg.network.clone();
+        let image_events = k3rs_client::events::Recorder::new(client.clone(), "kubelet");
         let prober = Prober::new(
             runtime.clone(),
             k3rs_client::events::Recorder::new(client.clone(), "kubelet"),
@@ -157,6 +165,8 @@ impl Pods {
             cfg,
             pulling: Mutex::new(HashMap::new()),
             prober,
+            pull_backoff: Default::default(),
+            image_events,
         })
     }
 
@@ -649,6 +659,7 @@ impl Pods {
     async fn ensure_image(
         &self,
         image: &str,
+        pod: &Value,
         policy: &str,
     ) -> Result<k3rs_images::Image, (String, String)> {
         let have = self.images.get(image).ok().flatten();
@@ -666,31 +677,63 @@ impl Pods {
             });
         }
         let lock = {
+        let (_, _, uid) = pod_key(pod);
+        if let Some(last) = self.pull_backoff.waiting(&uid, image) {
+            return Err((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image \"{image}\": ErrImagePull: {last}"),
+            ));
+        }
             let mut map = self.pulling.lock().expect("pull map");
             map.entry(image.to_string()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        let registry = image.split('/').next().unwrap_or("");
-        let plain_http = self.cfg.plain_http_registries.iter().any(|r| r == registry)
-            || registry.starts_with("127.0.0.1")
-            || registry.starts_with("localhost");
-        match self
-            .images
-            .pull(
-                image,
-                &PullOptions {
-                    plain_http,
-                    ..Default::default()
-                },
+        let auth = crate::images::pull_credentials(self.client.as_ref(), pod, image).await;
+        let opts = PullOptions {
+            auth,
+            plain_http: false,
+            registries: self.cfg.registries.clone(),
+        };
+        let recorder = &self.image_events;
+        recorder
+            .normal(
+                pod,
+                "Pulling",
+                &format!("Pulling image \"{image}\""),
+                "Pull",
             )
-            .await
-        {
-            Ok(img) => Ok(img),
-            // A pull failure with the image present (policy Always, registry down) still runs it, as kubelet does not.
-            Err(e) => Err((
-                "ErrImagePull".into(),
-                format!("failed to pull image \"{image}\": {e}"),
-            )),
+            .await;
+        let started = Instant::now();
+        let result = self.images.pull(image, &opts).await;
+        self.cfg.image_gc_kick.notify_one();
+        match result {
+            Ok(img) => {
+                self.pull_backoff.succeeded(&uid, image);
+                let message = format!(
+                    "Successfully pulled image \"{image}\" in {:.3}s. Image size: {} bytes.",
+                    started.elapsed().as_secs_f64(),
+                    img.size
+                );
+                recorder.normal(pod, "Pulled", &message, "Pull").await;
+                Ok(img)
+            }
+            Err(e) => {
+                let cause = match e {
+                    k3rs_images::Error::Pull { message, .. } => message,
+                    other => other.to_string(),
+                };
+                let message = format!("failed to pull image \"{image}\": {cause}");
+                recorder
+                    .warning(
+                        pod,
+                        "Failed",
+                        &format!("Failed to pull image \"{image}\": {cause}"),
+                        "Pull",
+                    )
+                    .await;
+                self.pull_backoff.failed(&uid, image, message.clone());
+                Err(("ErrImagePull".into(), message))
+            }
         }
     }
 
@@ -706,7 +749,7 @@ impl Pods {
         let cname = c["name"].as_str().unwrap_or("");
         let image_ref = c["image"].as_str().unwrap_or("");
         let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
-        let image = self.ensure_image(image_ref, policy).await?;
+        let image = self.ensure_image(pod, image_ref, policy).await?;
         let id = container_id(&uid, cname, attempt);
         let images = self.images.clone();
         let (rref, rid) = (image.reference.clone(), id.clone());
@@ -1250,6 +1293,7 @@ impl Pods {
         let network = self.cfg.network.clone();
         let uid2 = uid.clone();
         self.blocking(move |rt| {
+        self.pull_backoff.forget_pod(&uid);
             let containers: Vec<_> = rt
                 .list()
                 .unwrap_or_default()
