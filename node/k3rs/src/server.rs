@@ -72,6 +72,18 @@ pub struct ServerArgs {
     /// Kubelet containerLogMaxFiles: log files kept per container, the current one included.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
     pub container_log_max_files: u32,
+    /// Private registry configuration file (K3s's registries.yaml: mirrors with endpoint
+    /// fallback and rewrites, per-host auth and TLS). A file that does not parse is logged and
+    /// the node pulls without mirrors.
+    #[arg(long, env = "K3RS_PRIVATE_REGISTRY", default_value = k3rs_images::registries::DEFAULT_PATH)]
+    pub private_registry: PathBuf,
+    /// Kubelet imageGCHighThresholdPercent: at this disk usage (percent of the filesystem
+    /// holding the image store) unused images are removed, least recently used first.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Kubelet imageGCLowThresholdPercent: image GC stops once usage is estimated below this.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
     /// Do not deploy packaged components (servicelb, traefik, local-storage, metrics-server, coredns).
     #[arg(long)]
     pub disable: Vec<String>,
@@ -316,6 +328,22 @@ async fn serve(args: ServerArgs) -> Result<()> {
     set_mode(&server_dir.join("token"), 0o600)?;
     if !args.disable_agent {
         if rustix::process::geteuid().is_root() {
+            if args.image_gc_low_threshold > args.image_gc_high_threshold {
+                bail!(
+                    "--image-gc-low-threshold ({}) must not exceed --image-gc-high-threshold ({})",
+                    args.image_gc_low_threshold,
+                    args.image_gc_high_threshold
+                );
+            }
+            // Bad input loses nothing: the node starts and pulls from the registries themselves.
+            let registries = match k3rs_images::registries::Registries::load(&args.private_registry)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring the private registry configuration: no mirrors or registry credentials");
+                    Default::default()
+                }
+            };
             let client: Arc<dyn k3rs_client::Client> = Arc::new(
                 k3rs_apiserver::local_client::LocalClient::new(server.api.clone()),
             );
@@ -350,6 +378,12 @@ async fn serve(args: ServerArgs) -> Result<()> {
                     container_log: k3rs_runtime::crilog::LogRotation {
                         max_size: args.container_log_max_size,
                         max_files: args.container_log_max_files as usize,
+                    },
+                    registries: Arc::new(registries),
+                    image_gc: k3rs_images::gc::GcPolicy {
+                        high_percent: args.image_gc_high_threshold,
+                        low_percent: args.image_gc_low_threshold,
+                        ..Default::default()
                     },
                 },
             )
