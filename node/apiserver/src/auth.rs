@@ -2,8 +2,12 @@
 
 use crate::meta;
 use crate::state::Api;
+use futures_util::FutureExt;
 use k3rs_pki::ServiceAccountKeys;
+use k3rs_store::{EventKind, Store, Watcher};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,19 +168,114 @@ fn subject_matches(subject: &Value, user: &User, binding_ns: &str) -> bool {
     }
 }
 
-async fn role_rules(api: &Api, role_ref: &Value, namespace: &str) -> Vec<Value> {
+const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
+
+type RbacObjects = BTreeMap<String, Value>;
+
+/// Roles and bindings held in memory, so authorizing a request reads nothing from the store.
+/// A store watch keeps the copy current and is drained before every use; the store publishes a
+/// write's event before the write returns, so a client's next request already sees its own RBAC
+/// change (read-your-writes, unlike upstream's informer-fed authorizer).
+#[derive(Default)]
+pub struct RbacCache {
+    state: tokio::sync::Mutex<Option<(Watcher, Arc<RbacObjects>)>>,
+}
+
+impl RbacCache {
+    async fn load(store: &Store) -> Result<(Watcher, Arc<RbacObjects>), k3rs_store::Error> {
+        let list = store.list(RBAC_PREFIX, None, None, None).await?;
+        let watcher = store.watch(RBAC_PREFIX, list.revision).await?;
+        let objects = list
+            .items
+            .iter()
+            .map(|kv| {
+                let obj = meta::decode_from_store(&kv.value, kv.mod_revision);
+                (kv.key.clone(), obj)
+            })
+            .collect();
+        Ok((watcher, Arc::new(objects)))
+    }
+
+    /// The roles and bindings as of now.
+    async fn snapshot(&self, store: &Store) -> Arc<RbacObjects> {
+        let mut state = self.state.lock().await;
+        // Twice at most: a watch that ended is replaced by a fresh list and watch once.
+        for _ in 0..2 {
+            if state.is_none() {
+                match Self::load(store).await {
+                    Ok(loaded) => *state = Some(loaded),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading RBAC objects; denying");
+                        return Arc::default();
+                    }
+                }
+            }
+            let Some((watcher, objects)) = state.as_mut() else {
+                break;
+            };
+            let mut ended = false;
+            while let Some(next) = watcher.next().now_or_never() {
+                let Some(ev) = next else {
+                    ended = true;
+                    break;
+                };
+                let objects = Arc::make_mut(objects);
+                if ev.kind == EventKind::Delete {
+                    objects.remove(&ev.kv.key);
+                } else {
+                    let obj = meta::decode_from_store(&ev.kv.value, ev.kv.mod_revision);
+                    objects.insert(ev.kv.key, obj);
+                }
+            }
+            if !ended {
+                return objects.clone();
+            }
+            *state = None;
+        }
+        Arc::default()
+    }
+}
+
+/// Objects of one kind (`clusterrolebindings/`, `rolebindings/<ns>/` ...) in the snapshot.
+fn of_kind<'a>(objects: &'a RbacObjects, kind_path: &str) -> impl Iterator<Item = &'a Value> {
+    let prefix = format!("{RBAC_PREFIX}{kind_path}");
+    objects
+        .range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+}
+
+fn role_rules<'a>(objects: &'a RbacObjects, role_ref: &Value, namespace: &str) -> &'a [Value] {
     let name = role_ref["name"].as_str().unwrap_or("");
     let key = match role_ref["kind"].as_str() {
-        Some("ClusterRole") => format!("/registry/rbac.authorization.k8s.io/clusterroles/{name}"),
-        _ => format!("/registry/rbac.authorization.k8s.io/roles/{namespace}/{name}"),
+        Some("ClusterRole") => format!("{RBAC_PREFIX}clusterroles/{name}"),
+        _ => format!("{RBAC_PREFIX}roles/{namespace}/{name}"),
     };
-    match api.store.get(&key).await {
-        Ok(Some(kv)) => {
-            let role = meta::decode_from_store(&kv.value, kv.mod_revision);
-            role["rules"].as_array().cloned().unwrap_or_default()
-        }
-        _ => Vec::new(),
-    }
+    objects
+        .get(&key)
+        .and_then(|role| role["rules"].as_array())
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The bindings that apply in `namespace` (cluster role bindings, then that namespace's role
+/// bindings) whose subjects include `user`, with the namespace their role is resolved in.
+fn bindings_of<'a>(
+    objects: &'a RbacObjects,
+    user: &'a User,
+    namespace: &'a str,
+) -> impl Iterator<Item = (&'a Value, &'a str)> {
+    let cluster = of_kind(objects, "clusterrolebindings/").map(|b| (b, ""));
+    let local = (!namespace.is_empty())
+        .then(|| {
+            of_kind(objects, &format!("rolebindings/{namespace}/")).map(move |b| (b, namespace))
+        })
+        .into_iter()
+        .flatten();
+    cluster.chain(local).filter(move |(b, ns)| {
+        b["subjects"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, ns)))
+    })
 }
 
 /// RBAC: cluster role bindings apply everywhere, role bindings within their namespace.
@@ -184,49 +283,19 @@ pub async fn authorize(api: &Api, user: &User, a: &Attributes) -> bool {
     if user.groups.iter().any(|g| g == "system:masters") {
         return true;
     }
-    let list = |prefix: String| async move {
-        match api.store.list(&prefix, None, None, None).await {
-            Ok(l) => l
-                .items
-                .iter()
-                .map(|kv| meta::decode_from_store(&kv.value, kv.mod_revision))
-                .collect::<Vec<_>>(),
-            Err(_) => Vec::new(),
-        }
+    let objects = api.rbac.snapshot(&api.store).await;
+    // Non-resource URLs are cluster-scoped: only cluster role bindings grant them.
+    let namespace = if a.path.is_none() {
+        a.namespace.as_str()
+    } else {
+        ""
     };
-    for crb in list("/registry/rbac.authorization.k8s.io/clusterrolebindings/".into()).await {
-        let bound = crb["subjects"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, "")));
-        if bound
-            && role_rules(api, &crb["roleRef"], "")
-                .await
-                .iter()
-                .any(|r| rule_allows(r, a))
-        {
-            return true;
-        }
-    }
-    if !a.namespace.is_empty() && a.path.is_none() {
-        let prefix = format!(
-            "/registry/rbac.authorization.k8s.io/rolebindings/{}/",
-            a.namespace
-        );
-        for rb in list(prefix).await {
-            let bound = rb["subjects"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &a.namespace)));
-            if bound
-                && role_rules(api, &rb["roleRef"], &a.namespace)
-                    .await
-                    .iter()
-                    .any(|r| rule_allows(r, a))
-            {
-                return true;
-            }
-        }
-    }
-    false
+    let allowed = bindings_of(&objects, user, namespace).any(|(b, ns)| {
+        role_rules(&objects, &b["roleRef"], ns)
+            .iter()
+            .any(|r| rule_allows(r, a))
+    });
+    allowed
 }
 
 /// A SelfSubjectRulesReview's status: every rule bound to `user` cluster-wide or in
@@ -237,34 +306,9 @@ pub async fn rules_review(api: &Api, user: &User, namespace: &str) -> Value {
         rules.push(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
         rules.push(json!({"verbs": ["*"], "nonResourceURLs": ["*"]}));
     }
-    let mut bindings: Vec<(Value, &str)> = Vec::new();
-    let prefixes = [
-        (
-            "/registry/rbac.authorization.k8s.io/clusterrolebindings/".to_string(),
-            "",
-        ),
-        (
-            format!("/registry/rbac.authorization.k8s.io/rolebindings/{namespace}/"),
-            namespace,
-        ),
-    ];
-    for (prefix, ns) in &prefixes {
-        if prefix.ends_with("//") {
-            continue;
-        }
-        if let Ok(l) = api.store.list(prefix, None, None, None).await {
-            for kv in &l.items {
-                bindings.push((meta::decode_from_store(&kv.value, kv.mod_revision), ns));
-            }
-        }
-    }
-    for (b, ns) in bindings {
-        let bound = b["subjects"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, ns)));
-        if bound {
-            rules.extend(role_rules(api, &b["roleRef"], ns).await);
-        }
+    let objects = api.rbac.snapshot(&api.store).await;
+    for (b, ns) in bindings_of(&objects, user, namespace) {
+        rules.extend(role_rules(&objects, &b["roleRef"], ns).iter().cloned());
     }
     let mut resource_rules = Vec::new();
     let mut non_resource_rules = Vec::new();
@@ -426,6 +470,70 @@ mod tests {
             resource: resource.into(),
             ..Default::default()
         }
+    }
+
+    /// The in-memory copy follows the store at once: a binding works on the very next check
+    /// after its write returned, and stops working once deleted.
+    #[tokio::test]
+    async fn rbac_cache_reads_its_own_writes() {
+        let info = crate::ServerInfo {
+            advertise_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 6443,
+            service_ip: std::net::Ipv4Addr::new(10, 43, 0, 1).into(),
+            service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16),
+        };
+        let api = Api::start(Store::in_memory(), None, info, String::new())
+            .await
+            .unwrap();
+        let user = User {
+            name: "alice".into(),
+            uid: String::new(),
+            groups: vec!["system:authenticated".into()],
+            extra: Vec::new(),
+        };
+        let mut a = attrs("list", "", "pods");
+        a.namespace = "team".into();
+        assert!(!authorize(&api, &user, &a).await);
+
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "reader", "namespace": "team"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "alice-reads", "namespace": "team"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+            "subjects": [{"kind": "User", "name": "alice"}]});
+        let role_key = format!("{RBAC_PREFIX}roles/team/reader");
+        let binding_key = format!("{RBAC_PREFIX}rolebindings/team/alice-reads");
+        api.store
+            .create(&role_key, meta::encode_for_store(&role))
+            .await
+            .unwrap();
+        api.store
+            .create(&binding_key, meta::encode_for_store(&binding))
+            .await
+            .unwrap();
+        assert!(
+            authorize(&api, &user, &a).await,
+            "allowed right after the write"
+        );
+        a.namespace = "other".into();
+        assert!(
+            !authorize(&api, &user, &a).await,
+            "a role binding is namespaced"
+        );
+        a.namespace = "team".into();
+        let review = rules_review(&api, &user, "team").await;
+        let rules = review["resourceRules"].as_array().unwrap();
+        assert!(
+            rules.iter().any(|r| r["resources"] == json!(["pods"])),
+            "{review}"
+        );
+
+        api.store.delete(&binding_key, None).await.unwrap();
+        assert!(
+            !authorize(&api, &user, &a).await,
+            "revoked right after the delete"
+        );
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub struct Api {
     pub resources: RwLock<ResourceIndex>,
     pub openapi: RwLock<Arc<OpenApi>>,
     pub auth: crate::auth::Authenticator,
+    /// Roles and bindings for authorization, kept in memory.
+    pub rbac: crate::auth::RbacCache,
     pub info: ServerInfo,
     /// The cluster CA certificate, published to every namespace as `kube-root-ca.crt`.
     pub cluster_ca_pem: String,
@@ -178,6 +180,7 @@ impl Api {
             resources: RwLock::new(index),
             openapi: RwLock::new(Arc::new(openapi)),
             auth: crate::auth::Authenticator { service_accounts },
+            rbac: Default::default(),
             info,
             cluster_ca_pem,
             pod_logs: RwLock::new(None),
