@@ -2,6 +2,7 @@
 //! dir and drives it with the real kubectl. A cluster with a kubelet runs in its own network
 //! namespace ([`NetNs`]), so parallel tests each have their own `cni0` and nftables tables.
 
+pub mod fake_kubelet;
 pub mod images;
 
 pub mod registry;
