@@ -6,7 +6,7 @@ use std::path::Path;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "env", "ls", "nc", "wget", "true", "false", "id", "hostname",
-    "test", "kill", "ps", "touch", "mkdir", "date",
+    "test", "kill", "ps", "touch", "mkdir", "date", "tar", "tty", "stty",
 ];
 
 fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -> Result<()> {

@@ -310,8 +310,22 @@ fn daemonset_runs_one_pod_per_node_and_skips_untolerated_taints() -> anyhow::Res
     })
     .expect("4 nodes, 4 pods");
     assert_eq!(pods_per_node(&c)?.len(), 4);
+
+    // A new image, then `rollout undo` back through the ControllerRevision history.
+    c.ok(&["set", "image", "ds/agent", "agent=registry.local/agent:2"])?;
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=90s"])?;
     let history = c.ok(&["rollout", "history", "ds/agent"])?;
-    assert!(history.contains('1') && history.contains('2'), "{history}");
+    assert!(history.contains('3'), "{history}");
+    c.ok(&["rollout", "undo", "ds/agent"])?;
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=90s"])?;
+    let pods = c.json(&["get", "pods", "-l", "app=agent"])?;
+    let images: Vec<&str> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["spec"]["containers"][0]["image"].as_str())
+        .collect();
+    assert_eq!(images, ["registry.local/agent:1"; 4]);
     Ok(())
 }
 

@@ -297,7 +297,10 @@ async fn route(
         }
         (Method::GET, Some(n), Some("log")) => pod_log(api, &t, n, &q).await,
         (Method::GET | Method::POST, Some(n), Some("exec")) => {
-            crate::streaming::exec(api, &t, n, req).await
+            crate::streaming::stream(api, &t, n, req, crate::streaming::Kind::Exec).await
+        }
+        (Method::GET | Method::POST, Some(n), Some("attach")) => {
+            crate::streaming::stream(api, &t, n, req, crate::streaming::Kind::Attach).await
         }
         (Method::GET | Method::POST, Some(n), Some("portforward")) => {
             crate::portforward::port_forward(api, &t, n, req).await

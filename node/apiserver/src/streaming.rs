@@ -1,8 +1,9 @@
-//! `pods/exec` over SPDY/3.1 (kubectl 1.27–1.29: one SPDY stream per channel, see `spdy_pump`)
-//! and over WebSocket with the Kubernetes channel protocols
+//! `pods/exec` and `pods/attach` over SPDY/3.1 (kubectl 1.27–1.29: one SPDY stream per
+//! channel, see `spdy_pump`) and over WebSocket with the Kubernetes channel protocols
 //! (`v5.channel.k8s.io`, `v4.channel.k8s.io`): every binary message starts with a channel byte —
 //! 0 stdin, 1 stdout, 2 stderr, 3 error/status (JSON), 4 resize; v5 adds `[255, ch]` to close
-//! a channel (kubectl closes stdin that way).
+//! a channel (kubectl closes stdin that way). With a TTY, resizes (`{"Width":W,"Height":H}`)
+//! go to the node, which sets the terminal's size.
 
 use crate::body::{self, Body};
 use crate::objects::{self, Target};
@@ -52,12 +53,73 @@ fn channel_message(ch: u8, data: &[u8]) -> Message {
     Message::binary(v)
 }
 
-/// `GET pods/<name>/exec` with a WebSocket upgrade.
-pub async fn exec(
+/// Which streaming subresource a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Exec,
+    Attach,
+}
+
+/// Terminal sizes as kubectl sends them: JSON objects `{"Width":80,"Height":24}`, one per
+/// line on the SPDY `resize` stream (which may split or join them) and one per WebSocket
+/// channel-4 message. Bytes are buffered until a value is complete; garbage is dropped.
+#[derive(Debug, Default)]
+struct ResizeDecoder {
+    buf: Vec<u8>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
+
+impl ResizeDecoder {
+    fn push(&mut self, data: &[u8]) -> Vec<k3rs_client::TerminalSize> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<WireSize>();
+        let mut used = 0;
+        loop {
+            match it.next() {
+                Some(Ok(s)) => {
+                    used = it.byte_offset();
+                    out.push(k3rs_client::TerminalSize {
+                        width: s.width,
+                        height: s.height,
+                    });
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    // Not a size: drop up to the next line and carry on.
+                    used = match self.buf[used..].iter().position(|&b| b == b'\n') {
+                        Some(i) => used + i + 1,
+                        None => self.buf.len(),
+                    };
+                    self.buf.drain(..used);
+                    return [out, self.push(&[])].concat();
+                }
+                None => {
+                    used = self.buf.len();
+                    break;
+                }
+            }
+        }
+        self.buf.drain(..used);
+        out
+    }
+}
+
+/// `pods/<name>/exec` and `pods/<name>/attach`: `GET` with a WebSocket upgrade or `POST` with
+/// SPDY/3.1.
+pub async fn stream(
     api: &Arc<Api>,
     t: &Target<'_>,
     name: &str,
     req: Request<Incoming>,
+    kind: Kind,
 ) -> Result<Response<Body>, ApiError> {
     let pod = objects::get(api, t, name).await?;
     let query = req.uri().query().map(String::from);
@@ -87,6 +149,28 @@ pub async fn exec(
             "pod {name} is not running on a node that serves exec"
         )));
     };
+    let start = |ns: String, uid: String| {
+        let (node, request, name) = (node.clone(), request.clone(), name.to_string());
+        async move {
+            let r = match kind {
+                Kind::Exec => node.exec(&ns, &name, &uid, &request).await,
+                Kind::Attach => {
+                    let attach = k3rs_client::AttachRequest {
+                        container: request.container.clone(),
+                        stdin: request.stdin,
+                        tty: request.tty,
+                    };
+                    node.attach(&ns, &name, &uid, &attach).await
+                }
+            };
+            r.map_err(|e| ApiError::bad_request(e.message))
+        }
+    };
+    let tty = request.tty;
+    let verb = match kind {
+        Kind::Exec => "exec",
+        Kind::Attach => "attach",
+    };
     let headers = req.headers();
     let is_websocket = headers
         .get(UPGRADE)
@@ -111,15 +195,14 @@ pub async fn exec(
         }
         let ns = t.namespace.unwrap_or("default").to_string();
         let uid = crate::meta::uid(&pod).unwrap_or("").to_string();
-        let session = node
-            .exec(&ns, name, &uid, &request)
-            .await
-            .map_err(|e| ApiError::bad_request(e.message))?;
+        let session = start(ns.clone(), uid).await?;
         let want = Wanted {
             stdout: flag("stdout"),
             stderr: flag("stderr") && !request.tty,
+            tty,
+            kind,
         };
-        let span = info_span!("exec", namespace = %ns, pod = %name, container = %request.container, protocol = "spdy");
+        let span = info_span!("stream", verb, namespace = %ns, pod = %name, container = %request.container, protocol = "spdy");
         tokio::spawn(
             async move {
                 match hyper::upgrade::on(req).await {
@@ -163,12 +246,16 @@ pub async fn exec(
         .to_string();
     let ns = t.namespace.unwrap_or("default").to_string();
     let uid = crate::meta::uid(&pod).unwrap_or("").to_string();
-    let session = node
-        .exec(&ns, name, &uid, &request)
-        .await
-        .map_err(|e| ApiError::bad_request(e.message))?;
+    let session = start(ns.clone(), uid).await?;
     let v5 = *protocol == "v5.channel.k8s.io";
-    let span = info_span!("exec", namespace = %ns, pod = %name, container = %request.container);
+    let want = Wanted {
+        stdout: true,
+        stderr: true,
+        tty,
+        kind,
+    };
+    let span =
+        info_span!("stream", verb, namespace = %ns, pod = %name, container = %request.container);
     tokio::spawn(
         async move {
             let upgraded = match hyper::upgrade::on(req).await {
@@ -184,7 +271,7 @@ pub async fn exec(
                 None,
             )
             .await;
-            pump(ws, session, v5, command).await;
+            pump(ws, session, v5, want, command).await;
         }
         .instrument(span),
     );
@@ -204,16 +291,21 @@ async fn pump<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
     mut session: k3rs_client::ExecSession,
     v5: bool,
+    want: Wanted,
     command: Vec<String>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
     let mut stdin = session.stdin.take();
-    let (mut out_open, mut err_open) = (true, true);
+    let resize = session.resize.take();
+    let mut sizes = ResizeDecoder::default();
+    // With a terminal there is no separate stderr (the exec shim's own errors go to stdout).
+    let err_channel = if want.tty { 1 } else { 2 };
+    let (mut out_open, mut err_open, mut client_open) = (true, true, true);
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next(), if client_open => match msg {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
                     0 => {
                         if let Some(tx) = &stdin {
@@ -222,12 +314,22 @@ async fn pump<S>(
                     }
                     // v5: the client closed a channel; for stdin that is EOF.
                     255 if v5 && data.get(1) == Some(&0) => stdin = None,
-                    // Resize (4) needs a TTY, which exec does not allocate yet.
+                    4 => {
+                        if let Some(tx) = &resize {
+                            for size in sizes.push(&data[1..]) {
+                                let _ = tx.send(size).await;
+                            }
+                        }
+                    }
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                     stdin = None;
-                    if !out_open && !err_open { break; }
+                    client_open = false;
+                    // A detached attach session ends here; the container keeps running.
+                    if want.kind == Kind::Attach || (!out_open && !err_open) {
+                        return;
+                    }
                 }
                 _ => {}
             },
@@ -236,7 +338,7 @@ async fn pump<S>(
                 None => out_open = false,
             },
             chunk = session.stderr.recv(), if err_open => match chunk {
-                Some(c) => { if sink.send(channel_message(2, &c)).await.is_err() { return; } }
+                Some(c) => { if sink.send(channel_message(err_channel, &c)).await.is_err() { return; } }
                 None => err_open = false,
             },
         }
@@ -256,11 +358,13 @@ async fn pump<S>(
     let _ = sink.close().await;
 }
 
-/// Which streams the client opens over SPDY besides `error`, from the query.
+/// Which streams the client opens besides `error` (from the query), and the session's kind.
 #[derive(Clone, Copy, Debug)]
 struct Wanted {
     stdout: bool,
     stderr: bool,
+    tty: bool,
+    kind: Kind,
 }
 
 /// Exec over SPDY/3.1: the client opens `streamType: error`, then `stdin`, `stdout`, `stderr`
@@ -299,13 +403,26 @@ async fn spdy_pump<S>(
         });
         q
     });
+    let resize = session.resize.take();
+    let mut sizes = ResizeDecoder::default();
     let (mut error_id, mut stdin_id, mut stdout_id, mut stderr_id) = (None, None, None, None);
+    let mut resize_id = None;
     let (mut out_open, mut err_open, mut reading) = (true, true, true);
     let mut last_stream = 0;
     loop {
-        // Output waits until its stream exists (or is not wanted: then it is dropped).
+        // A detached attach session ends when the client goes; the container keeps running.
+        if want.kind == Kind::Attach && !reading {
+            break;
+        }
+        // Output waits until its stream exists (or is not wanted: then it is dropped). With
+        // a terminal there is no stderr stream: the exec shim's own errors go to stdout.
         let out_ready = out_open && (stdout_id.is_some() || !want.stdout);
-        let err_ready = err_open && (stderr_id.is_some() || !want.stderr);
+        let err_ready = if want.tty {
+            err_open && (stdout_id.is_some() || !want.stdout)
+        } else {
+            err_open && (stderr_id.is_some() || !want.stderr)
+        };
+        let err_target = if want.tty { stdout_id } else { stderr_id };
         tokio::select! {
             n = r.read(&mut chunk), if reading => {
                 let n = match n {
@@ -343,7 +460,7 @@ async fn spdy_pump<S>(
                                 Some("stdin") => stdin_id = Some(stream_id),
                                 Some("stdout") => stdout_id = Some(stream_id),
                                 Some("stderr") => stderr_id = Some(stream_id),
-                                // Resize needs a TTY, which exec does not allocate yet.
+                                Some("resize") => resize_id = Some(stream_id),
                                 _ => {}
                             }
                         }
@@ -357,6 +474,12 @@ async fn spdy_pump<S>(
                                 }
                                 if flags & spdy::FLAG_FIN != 0 {
                                     stdin = None;
+                                }
+                            } else if Some(stream_id) == resize_id {
+                                if let Some(tx) = &resize {
+                                    for size in sizes.push(&data) {
+                                        let _ = tx.try_send(size);
+                                    }
                                 }
                             }
                             grant(&out, stream_id, n);
@@ -381,7 +504,7 @@ async fn spdy_pump<S>(
                 (Some(_), None) => {}
                 (None, _) => out_open = false,
             },
-            c = session.stderr.recv(), if err_ready => match (c, stderr_id) {
+            c = session.stderr.recv(), if err_ready => match (c, err_target) {
                 (Some(c), Some(id)) => { let _ = out.send(data(id, 0, c)); }
                 (Some(_), None) => {}
                 (None, _) => err_open = false,
@@ -392,6 +515,8 @@ async fn spdy_pump<S>(
         }
     }
     drop(stdin);
+    // Output is done or nobody reads it any more (a detached attach): let the node side go.
+    drop((session.stdout, session.stderr));
     let code = session.exit.await.unwrap_or(255);
     for id in [stdout_id, stderr_id].into_iter().flatten() {
         let _ = out.send(data(id, spdy::FLAG_FIN, Vec::new()));
@@ -439,5 +564,50 @@ mod tests {
         assert_eq!(s["details"]["causes"][0]["message"], "3");
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(channel_message(1, b"x"), Message::binary(vec![1u8, b'x']));
+    }
+
+    #[test]
+    fn resize_messages_split_and_joined() {
+        use k3rs_client::TerminalSize as T;
+        let mut d = ResizeDecoder::default();
+        // WebSocket: one JSON object per message (kubectl's encoder adds a newline).
+        assert_eq!(
+            d.push(b"{\"Width\":80,\"Height\":24}\n"),
+            vec![T {
+                width: 80,
+                height: 24
+            }]
+        );
+        // SPDY: a stream of lines, split anywhere and joined in one DATA frame.
+        assert_eq!(d.push(b"{\"Width\":1"), vec![]);
+        assert_eq!(
+            d.push(b"20,\"Height\":40}\n{\"Width\":100,\"Height\":30}\n{\"Wid"),
+            vec![
+                T {
+                    width: 120,
+                    height: 40
+                },
+                T {
+                    width: 100,
+                    height: 30
+                }
+            ]
+        );
+        assert_eq!(
+            d.push(b"th\":7,\"Height\":8}"),
+            vec![T {
+                width: 7,
+                height: 8
+            }]
+        );
+        // Garbage is skipped up to the next line.
+        assert_eq!(
+            d.push(b"nonsense\n{\"Width\":1,\"Height\":2}\n"),
+            vec![T {
+                width: 1,
+                height: 2
+            }]
+        );
+        assert!(d.buf.is_empty());
     }
 }

@@ -246,10 +246,28 @@ pub struct ExecRequest {
     pub tty: bool,
 }
 
-/// A running exec: write stdin (drop the sender to close it), read stdout/stderr until they end,
-/// then the exit code.
+/// A terminal's size in columns and rows (`kubectl exec -t` / `attach -t` resize messages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// A `pods/attach` request (`kubectl attach` query parameters).
+#[derive(Clone, Debug, Default)]
+pub struct AttachRequest {
+    pub container: String,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+/// A running exec or attach session: write stdin (drop the sender to close it), send terminal
+/// sizes (with a TTY), read stdout/stderr until they end, then the exit code. Dropping the
+/// session detaches (an attached container keeps running).
 pub struct ExecSession {
     pub stdin: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Present when the session has a terminal.
+    pub resize: Option<tokio::sync::mpsc::Sender<TerminalSize>>,
     pub stdout: tokio::sync::mpsc::Receiver<Vec<u8>>,
     pub stderr: tokio::sync::mpsc::Receiver<Vec<u8>>,
     pub exit: tokio::sync::oneshot::Receiver<i32>,
@@ -264,6 +282,25 @@ pub trait PodExec: Send + Sync {
         uid: &'a str,
         request: &'a ExecRequest,
     ) -> BoxFuture<'a, Result<ExecSession>>;
+
+    /// Attaches to the main process of a running container (`kubectl attach`): its output from
+    /// now on, its stdin when the container keeps it open. The session's exit code is 0.
+    fn attach<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+        request: &'a AttachRequest,
+    ) -> BoxFuture<'a, Result<ExecSession>> {
+        let _ = (namespace, uid, request);
+        Box::pin(async move {
+            Err(ClientError {
+                code: 400,
+                reason: "BadRequest".into(),
+                message: format!("pod {name} is not running on a node that serves attach"),
+            })
+        })
+    }
 }
 
 /// Opens TCP connections to a pod's ports (`kubectl port-forward`); implemented by the node

@@ -288,13 +288,17 @@ impl StatefulSetController {
             .max(0);
         let monotonic = set["spec"]["podManagementPolicy"].as_str() != Some("Parallel");
         let rolling = set["spec"]["updateStrategy"]["type"].as_str() != Some("OnDelete");
-        let partition = if rolling {
-            set["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
-                .as_i64()
-                .unwrap_or(0)
-        } else {
-            0
-        };
+        // Ordinals below this keep the current revision (the partition counts from the start
+        // ordinal).
+        let partition = start
+            + if rolling {
+                set["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    .max(0)
+            } else {
+                0
+            };
         let update_hash = history::hash_of(update_rev);
         let mut in_range: BTreeMap<i64, &Value> = BTreeMap::new();
         let mut condemned: Vec<(i64, &Value)> = Vec::new();

@@ -839,7 +839,10 @@ impl Pods {
             },
             log_path: log_path(&self.cfg.logs_root(), &ns, &name, &uid, cname, attempt),
             log_rotation: self.cfg.container_log,
-            tty: false,
+            // stdio for attach: a terminal, stdin kept open, closed after the first session.
+            tty: c["tty"] == json!(true),
+            stdin: c["stdin"] == json!(true),
+            stdin_once: c["stdinOnce"] == json!(true),
             readonly_rootfs: c.pointer("/securityContext/readOnlyRootFilesystem")
                 == Some(&json!(true)),
             oom_score_adj: None,

@@ -21,10 +21,12 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod attach;
 pub mod crilog;
 pub mod shim;
 pub mod spec;
 mod sys;
+mod tty;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -158,8 +160,15 @@ pub struct ContainerConfig {
     pub log_path: PathBuf,
     /// When the shim rotates `log_path` and how many files it keeps.
     pub log_rotation: crilog::LogRotation,
-    /// Not supported yet: must be false.
+    /// Allocate a terminal for the main process (`tty: true`): its stdin, stdout and stderr are
+    /// the pty, whose output is logged as stdout.
     pub tty: bool,
+    /// Keep the main process's stdin open for attach (`stdin: true`); otherwise it is
+    /// `/dev/null`.
+    pub stdin: bool,
+    /// Close the main process's stdin when the first attach session that wrote to it ends
+    /// (`stdinOnce: true`).
+    pub stdin_once: bool,
     pub readonly_rootfs: bool,
     pub oom_score_adj: Option<i32>,
 }
@@ -236,6 +245,12 @@ pub(crate) struct ContainerRecord {
     pub created_at: DateTime<Utc>,
     /// cgroup path relative to each hierarchy root (for the OOM counter).
     pub cgroups_path: PathBuf,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// `state.json`: written by the shim.
@@ -457,9 +472,6 @@ impl Runtime {
     ) -> Result<ContainerState> {
         validate_id(&cfg.id)?;
         let _span = info_span!("container", id = %cfg.id, pod = %sandbox.pod_uid).entered();
-        if cfg.tty {
-            return Err(Error::Spec("tty is not supported yet".into()));
-        }
         let dir = self.container_dir(&cfg.id);
         if dir.exists() {
             return Err(Error::AlreadyExists(cfg.id.clone()));
@@ -479,6 +491,9 @@ impl Runtime {
             log_rotation: cfg.log_rotation,
             created_at: Utc::now(),
             cgroups_path: spec::cgroups_path(&sandbox.pod_uid, &cfg.id),
+            tty: cfg.tty,
+            stdin: cfg.stdin,
+            stdin_once: cfg.stdin_once,
         };
         write_json_atomic(&dir.join("container.json"), &rec)?;
 
@@ -653,7 +668,19 @@ impl Runtime {
         stdout: std::process::Stdio,
         stderr: std::process::Stdio,
     ) -> Result<std::process::Child> {
-        let _span = info_span!("exec", id).entered();
+        self.exec_with(id, cfg, false, stdin, stdout, stderr)
+    }
+
+    fn exec_with(
+        &self,
+        id: &str,
+        cfg: &ExecConfig,
+        tty: bool,
+        stdin: std::process::Stdio,
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<std::process::Child> {
+        let _span = info_span!("exec", id, tty).entered();
         if !self.status(id)?.is_running() {
             return Err(Error::Shim {
                 id: id.into(),
@@ -664,16 +691,49 @@ impl Runtime {
             return Err(Error::Spec("exec needs a command".into()));
         }
         let json = serde_json::to_string(cfg).expect("serializable");
-        self.shim_command()
-            .arg("exec")
+        let mut cmd = self.shim_command();
+        cmd.arg("exec")
             .arg(self.container_dir(id))
             .arg(self.root.join("libcontainer"))
-            .arg(json)
-            .stdin(stdin)
+            .arg(json);
+        if tty {
+            cmd.arg("--tty");
+        }
+        cmd.stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(io_err("starting the exec shim"))
+    }
+
+    /// Like [`Runtime::exec`], on a new terminal (`kubectl exec -t`): the process is a session
+    /// leader with the pty (allocated inside the container) as its controlling terminal and
+    /// stdio. The shim's stdin carries [`attach::Frame`]s (`Stdin`, `Resize`; EOF ends input)
+    /// and its stdout is the terminal's output.
+    pub fn exec_tty(
+        &self,
+        id: &str,
+        cfg: &ExecConfig,
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<std::process::Child> {
+        self.exec_with(id, cfg, true, std::process::Stdio::piped(), stdout, stderr)
+    }
+
+    /// Connects to the shim of a running container for `kubectl attach`: speak
+    /// [`attach::Frame`]s, starting with `Hello`. Output from now on arrives as `Stdout`/`Stderr`
+    /// frames; the shim closes the connection once the container has exited. Works for
+    /// containers adopted after a daemon restart (the socket belongs to the shim).
+    pub fn attach(&self, id: &str) -> Result<std::os::unix::net::UnixStream> {
+        validate_id(id)?;
+        if !self.status(id)?.is_running() {
+            return Err(Error::Shim {
+                id: id.into(),
+                message: "container is not running".into(),
+            });
+        }
+        let path = self.container_dir(id).join(shim::ATTACH_SOCKET);
+        tty::connect(&path).map_err(io_err(format!("connecting to {}", path.display())))
     }
 
     /// Runs `cfg` in the container to completion and collects its output (exec probes).
