@@ -23,7 +23,7 @@ fn ds() -> Resource {
     Resource::new("apps", "v1", "daemonsets")
 }
 
-/// Plays the kubelet: Running+Ready, and completes deletions.
+/// Plays the kubelet: Running+Ready (Job pods: Succeeded), and completes deletions.
 fn fake_kubelet(c: Arc<dyn Client>) {
     tokio::spawn(async move {
         let mut w = c
@@ -59,8 +59,12 @@ fn fake_kubelet(c: Arc<dyn Client>) {
             // Ready a moment later, so "created before its predecessor was Ready" is visible.
             tokio::time::sleep(Duration::from_millis(30)).await;
             let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let status = json!({"phase": "Running", "podIP": "10.42.0.9",
-                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]});
+            let status = if p["metadata"]["labels"]["job-name"].is_string() {
+                json!({"phase": "Succeeded"})
+            } else {
+                json!({"phase": "Running", "podIP": "10.42.0.9",
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]})
+            };
             let _ = c
                 .patch(
                     &pods(),
@@ -167,6 +171,7 @@ async fn statefulset_orders_pods_keeps_claims_and_updates_from_the_top() {
         s["status"]["updateRevision"]
     );
     assert_eq!(s["status"]["updatedReplicas"], 3);
+    settles(&c, &sts(), "web").await;
     assert_eq!(pod_names(&c, "app=web").await, ["web-0", "web-1", "web-2"]);
     {
         let log = created_while.lock().unwrap();
@@ -294,6 +299,15 @@ async fn statefulset_orders_pods_keeps_claims_and_updates_from_the_top() {
     assert_eq!(recreated, ["web-2", "web-1"], "{log:?}");
 }
 
+/// The object's resourceVersion does not move while nothing changes (no status write loop).
+async fn settles(c: &Arc<dyn Client>, r: &Resource, name: &str) {
+    let rv = |o: Value| o["metadata"]["resourceVersion"].clone();
+    let before = rv(c.get(r, Some("default"), name).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rv(c.get(r, Some("default"), name).await.unwrap());
+    assert_eq!(before, after, "{name} keeps being written while idle");
+}
+
 async fn add_node(c: &Arc<dyn Client>, name: &str, taints: Value) {
     c.create(
         &Resource::core("nodes"),
@@ -333,6 +347,7 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_follows_nodes() {
     assert_eq!(d["status"]["currentNumberScheduled"], 2);
     assert_eq!(d["status"]["updatedNumberScheduled"], 2);
     assert_eq!(d["status"]["numberMisscheduled"], 0);
+    settles(&c, &ds(), "agent").await;
     let ps = c
         .list(&pods(), Some("default"), &ListParams::labels("app=agent"))
         .await
@@ -433,4 +448,109 @@ async fn replication_controller_keeps_its_replica_count() {
         (now.len() == 2 && !now.contains(&names[0])).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_starts_a_missed_run_and_records_its_completion() {
+    let c = client().await;
+    fake_kubelet(c.clone());
+    tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
+    let cjs = Resource::new("batch", "v1", "cronjobs");
+    let jobs = Resource::new("batch", "v1", "jobs");
+    // Suspended while its status says the last run was five minutes ago: resuming it finds
+    // missed start times and starts the most recent one at once.
+    c.create(&cjs, Some("default"), json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "suspend": true, "timeZone": "Etc/UTC",
+            "jobTemplate": {"metadata": {"labels": {"kind": "tick"}}, "spec": {"template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}), "test").await.unwrap();
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:00Z")
+        .to_string();
+    c.patch(
+        &cjs,
+        Some("default"),
+        "tick",
+        Patch::Merge(json!({"status": {"lastScheduleTime": past}})),
+        Some("status"),
+        "test",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        c.list(&jobs, Some("default"), &ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "suspended: nothing starts"
+    );
+    c.patch(
+        &cjs,
+        Some("default"),
+        "tick",
+        Patch::Merge(json!({"spec": {"suspend": false}})),
+        None,
+        "test",
+    )
+    .await
+    .unwrap();
+    let job = eventually("a job", || async {
+        c.list(&jobs, Some("default"), &ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    let minute = chrono::Utc::now().timestamp() / 60;
+    let job_minute: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+    assert!(
+        job_minute == minute || job_minute == minute - 1,
+        "named after the most recent start: {name}"
+    );
+    assert_eq!(job["metadata"]["labels"]["kind"], "tick");
+    let stamp = job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .as_str()
+        .unwrap();
+    let stamp = chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+    assert_eq!(stamp.timestamp(), job_minute * 60);
+    // The job runs to completion; the CronJob's status follows, then stays put.
+    let cj = eventually("completion seen", || async {
+        let cj = c.get(&cjs, Some("default"), "tick").await.ok()?;
+        (cj["status"]["lastSuccessfulTime"].is_string() && cj["status"]["active"].is_null())
+            .then_some(cj)
+    })
+    .await;
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(cj["status"]["lastScheduleTime"].as_str().unwrap())
+            .unwrap()
+            .timestamp(),
+        job_minute * 60
+    );
+    let events = c
+        .list(
+            &Resource::core("events"),
+            Some("default"),
+            &ListParams::default(),
+        )
+        .await
+        .unwrap()
+        .items;
+    for reason in ["SuccessfulCreate", "SawCompletedJob"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["reason"] == reason && e["involvedObject"]["kind"] == "CronJob"),
+            "{reason}"
+        );
+    }
+    // Unless the minute turns over meanwhile, nothing else is due: the status settles.
+    if chrono::Utc::now().timestamp() / 60 == job_minute && chrono::Utc::now().timestamp() % 60 < 58
+    {
+        settles(&c, &cjs, "tick").await;
+    }
 }
