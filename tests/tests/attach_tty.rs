@@ -28,6 +28,20 @@ spec:
     image: busybox:test
     imagePullPolicy: Never
     command: ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: once}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sh", "-c", "cat; echo stdin-closed"]
+    stdin: true
+    stdinOnce: true
 "#;
 
 /// A pod whose main process is a shell on a terminal, kept open for attach.
@@ -146,7 +160,7 @@ fn terminals_attach_and_cp() -> anyhow::Result<()> {
     for v in ["133", "127"] {
         c.kubectl_stdin(None, &["apply", "-f", "-"], &tty_pod(&format!("tty-{v}")))?;
     }
-    for p in ["box", "ticker", "tty-133", "tty-127"] {
+    for p in ["box", "ticker", "once", "tty-133", "tty-127"] {
         wait_phase(&c, p, "Running");
     }
 
@@ -289,6 +303,44 @@ fn terminals_attach_and_cp() -> anyhow::Result<()> {
             "kubectl {label}: cp round trip differs (size in pod: {size:?})"
         );
     }
+
+    // attach -i without a terminal: stdin through a pipe; with stdinOnce the end of the first
+    // session's stdin is the container's EOF.
+    let out = c.kubectl_stdin(None, &["attach", "-i", "once"], "hello through a pipe\n")?;
+    assert!(out.contains("hello through a pipe"), "{out}");
+    wait_phase(&c, "once", "Succeeded");
+    assert_eq!(
+        c.ok(&["logs", "once"])?,
+        "hello through a pipe\nstdin-closed\n"
+    );
+
+    // The shim owns the attach socket: a restarted node daemon attaches to what it adopted.
+    let mut c = c;
+    c.restart()?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let attached = eventually(Duration::from_secs(30), || {
+        let mut child = c
+            .kubectl_cmd(None)
+            .args(["attach", "ticker"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut stdout = child.stdout.take()?;
+        let mut buf = [0u8; 256];
+        let n = stdout.read(&mut buf).unwrap_or(0);
+        let _ = child.kill();
+        let _ = child.wait();
+        String::from_utf8_lossy(&buf[..n])
+            .contains("tick")
+            .then_some(())
+    });
+    assert!(
+        attached.is_some(),
+        "no attach after the restart:\n{}",
+        c.log()
+    );
 
     // kubectl run -it --rm: create with stdin+tty, wait, attach, delete afterwards.
     let (line, env) = kubectl_line(
