@@ -1,7 +1,8 @@
 //! From a pod's container spec to what the runtime runs: command line (with the image's
-//! entrypoint/cmd and `$(VAR)` expansion), environment (image, env, envFrom, valueFrom), user
-//! and cgroup limits.
+//! entrypoint/cmd and `$(VAR)` expansion), environment (image, env, envFrom, valueFrom), user,
+//! securityContext, cgroup limits, and the pod's QoS class and pod-level cgroup.
 
+use k3rs_runtime::{PodCgroup, QosClass, Resources, SeccompProfile, Security};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -210,6 +211,217 @@ pub fn parse_image_user(user: &str, passwd: Option<&str>) -> (u32, u32) {
     (uid, gid)
 }
 
+/// The init containers and the app containers of a pod (with their kind: `true` = init).
+fn containers_of(pod: &Value) -> impl Iterator<Item = (bool, &Value)> {
+    let list = |key: &str| {
+        pod["spec"][key]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+    };
+    list("initContainers")
+        .iter()
+        .map(|c| (true, c))
+        .chain(list("containers").iter().map(|c| (false, c)))
+}
+
+/// A container's CPU (millicores) and memory (bytes) requests and limits; a request not given
+/// defaults to the limit, as API defaulting does. Zero counts as unset, as upstream.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ContainerResources {
+    cpu_request: Option<u64>,
+    memory_request: Option<i64>,
+    cpu_limit: Option<u64>,
+    memory_limit: Option<i64>,
+}
+
+fn container_resources(c: &Value) -> ContainerResources {
+    let r = &c["resources"];
+    let q = |p: &str| {
+        r.pointer(p).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let cpu = |p: &str| q(p).as_deref().and_then(cpu_millis).filter(|m| *m > 0);
+    let mem = |p: &str| q(p).as_deref().and_then(memory_bytes).filter(|b| *b > 0);
+    let (cpu_limit, memory_limit) = (cpu("/limits/cpu"), mem("/limits/memory"));
+    ContainerResources {
+        cpu_request: cpu("/requests/cpu").or(cpu_limit),
+        memory_request: mem("/requests/memory").or(memory_limit),
+        cpu_limit,
+        memory_limit,
+    }
+}
+
+/// `status.qosClass`, as upstream's `GetPodQOS`: BestEffort without any CPU/memory request or
+/// limit; Guaranteed when every container limits both and the summed requests equal the
+/// summed limits; Burstable otherwise.
+pub fn qos_class(pod: &Value) -> QosClass {
+    let (mut any, mut guaranteed) = (false, true);
+    let (mut req_cpu, mut req_mem, mut lim_cpu, mut lim_mem) = (0u64, 0i64, 0u64, 0i64);
+    for (_, c) in containers_of(pod) {
+        let r = container_resources(c);
+        any |= r.cpu_request.is_some()
+            || r.memory_request.is_some()
+            || r.cpu_limit.is_some()
+            || r.memory_limit.is_some();
+        guaranteed &= r.cpu_limit.is_some() && r.memory_limit.is_some();
+        req_cpu += r.cpu_request.unwrap_or(0);
+        req_mem += r.memory_request.unwrap_or(0);
+        lim_cpu += r.cpu_limit.unwrap_or(0);
+        lim_mem += r.memory_limit.unwrap_or(0);
+    }
+    if !any {
+        QosClass::BestEffort
+    } else if guaranteed && req_cpu == lim_cpu && req_mem == lim_mem {
+        QosClass::Guaranteed
+    } else {
+        QosClass::Burstable
+    }
+}
+
+/// `cpu.shares` for a CPU request in millicores (the kubelet's `MilliCPUToShares`, minimum 2).
+pub fn cpu_shares(millis: u64) -> u64 {
+    (millis * 1024 / 1000).max(2)
+}
+
+/// The pod-level cgroup: QoS class; memory and CPU limits are the pod's effective limits
+/// (app containers and sidecars summed, or the largest init container if that is more) when
+/// every container has one, as upstream's `ResourceConfigForPod`; shares from the requests
+/// (2 for BestEffort).
+pub fn pod_cgroup(pod: &Value) -> PodCgroup {
+    let qos = qos_class(pod);
+    let (mut all_cpu, mut all_mem) = (true, true);
+    let (mut sum, mut init_max) = (ContainerResources::default(), ContainerResources::default());
+    let add = |a: Option<u64>, b: Option<u64>| Some(a.unwrap_or(0) + b.unwrap_or(0));
+    let addi = |a: Option<i64>, b: Option<i64>| Some(a.unwrap_or(0) + b.unwrap_or(0));
+    for (init, c) in containers_of(pod) {
+        let r = container_resources(c);
+        all_cpu &= r.cpu_limit.is_some();
+        all_mem &= r.memory_limit.is_some();
+        if init && c["restartPolicy"] != "Always" {
+            init_max.cpu_request = init_max.cpu_request.max(r.cpu_request);
+            init_max.cpu_limit = init_max.cpu_limit.max(r.cpu_limit);
+            init_max.memory_limit = init_max.memory_limit.max(r.memory_limit);
+        } else {
+            sum.cpu_request = add(sum.cpu_request, r.cpu_request);
+            sum.cpu_limit = add(sum.cpu_limit, r.cpu_limit);
+            sum.memory_limit = addi(sum.memory_limit, r.memory_limit);
+        }
+    }
+    let cpu_request = sum.cpu_request.max(init_max.cpu_request).unwrap_or(0);
+    PodCgroup {
+        qos,
+        resources: Resources {
+            memory_limit_bytes: sum
+                .memory_limit
+                .max(init_max.memory_limit)
+                .filter(|_| all_mem),
+            cpu_limit_millis: sum.cpu_limit.max(init_max.cpu_limit).filter(|_| all_cpu),
+            cpu_shares: Some(if qos == QosClass::BestEffort {
+                2
+            } else {
+                cpu_shares(cpu_request)
+            }),
+            pids_limit: None,
+        },
+    }
+}
+
+/// The container's securityContext over the pod's, for the runtime. Errors are
+/// CreateContainerConfigError messages.
+pub fn security(pod: &Value, c: &Value) -> Result<Security, String> {
+    let sc_c = &c["securityContext"];
+    let sc_p = &pod["spec"]["securityContext"];
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let profile = sc_c["seccompProfile"]
+        .get("type")
+        .or_else(|| sc_p["seccompProfile"].get("type"))
+        .and_then(Value::as_str);
+    let seccomp = match profile {
+        None | Some("Unconfined") => SeccompProfile::Unconfined,
+        Some("RuntimeDefault") => SeccompProfile::RuntimeDefault,
+        Some(other) => return Err(format!("seccomp profile type {other:?} is not supported")),
+    };
+    let sysctls = sc_p["sysctls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_string(),
+                s["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    Ok(Security {
+        privileged: sc_c["privileged"] == Value::Bool(true),
+        add_capabilities: names(&sc_c["capabilities"]["add"]),
+        drop_capabilities: names(&sc_c["capabilities"]["drop"]),
+        no_new_privileges: sc_c["allowPrivilegeEscalation"] == Value::Bool(false),
+        seccomp,
+        host_pid: pod["spec"]["hostPID"] == Value::Bool(true),
+        host_ipc: pod["spec"]["hostIPC"] == Value::Bool(true),
+        sysctls,
+    })
+}
+
+/// `runAsNonRoot`: refuses a container that would run as uid 0, with upstream's messages
+/// (`verifyRunAsNonRoot`). `image_uid` is the uid the image's `USER` resolved to.
+pub fn verify_run_as_non_root(
+    pod: &Value,
+    c: &Value,
+    image_user: &str,
+    image_uid: u32,
+) -> Result<(), String> {
+    let sc_c = &c["securityContext"];
+    let sc_p = &pod["spec"]["securityContext"];
+    let non_root = sc_c["runAsNonRoot"]
+        .as_bool()
+        .or(sc_p["runAsNonRoot"].as_bool())
+        .unwrap_or(false);
+    if !non_root {
+        return Ok(());
+    }
+    let m = &pod["metadata"];
+    let described = format!(
+        "{}_{}({})",
+        m["name"].as_str().unwrap_or(""),
+        m["namespace"].as_str().unwrap_or(""),
+        m["uid"].as_str().unwrap_or("")
+    );
+    let cname = c["name"].as_str().unwrap_or("");
+    match sc_c["runAsUser"].as_u64().or(sc_p["runAsUser"].as_u64()) {
+        Some(0) => {
+            return Err(format!(
+            "container's runAsUser breaks non-root policy (pod: {described:?}, container: {cname})"
+        ))
+        }
+        Some(_) => return Ok(()),
+        None => {}
+    }
+    let user = image_user.split(':').next().unwrap_or("");
+    if !user.is_empty() && user.parse::<u32>().is_err() {
+        return Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {described:?}, container: {cname})"
+        ));
+    }
+    if image_uid == 0 {
+        return Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: {described:?}, container: {cname})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +484,113 @@ mod tests {
             &json!({"resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "100m"}}}),
         );
         assert_eq!((mem, cpu, shares), (Some(64 << 20), Some(500), Some(102)));
+    }
+
+    #[test]
+    fn qos_classes_as_upstream() {
+        let pod = |containers: Value| json!({"spec": {"containers": containers}});
+        assert_eq!(
+            qos_class(&pod(json!([{"name": "a"}]))),
+            QosClass::BestEffort
+        );
+        let both = json!({"limits": {"cpu": "100m", "memory": "64Mi"}});
+        // Requests default to limits.
+        assert_eq!(
+            qos_class(&pod(json!([{"resources": both}, {"resources": both}]))),
+            QosClass::Guaranteed
+        );
+        assert_eq!(
+            qos_class(&pod(json!([{"resources": both}, {}]))),
+            QosClass::Burstable
+        );
+        assert_eq!(
+            qos_class(&pod(
+                json!([{"resources": {"requests": {"memory": "10Mi"}}}])
+            )),
+            QosClass::Burstable
+        );
+        assert_eq!(
+            qos_class(&pod(json!([{"resources": {
+                "limits": {"cpu": "1", "memory": "64Mi"},
+                "requests": {"cpu": "500m", "memory": "64Mi"}
+            }}]))),
+            QosClass::Burstable
+        );
+        // Zero quantities do not count.
+        assert_eq!(
+            qos_class(&pod(json!([{"resources": {"requests": {"cpu": "0"}}}]))),
+            QosClass::BestEffort
+        );
+    }
+
+    #[test]
+    fn pod_cgroup_limits_sum_when_all_containers_have_them() {
+        let r = |cpu: &str, mem: &str| json!({"limits": {"cpu": cpu, "memory": mem}});
+        let pod = json!({"spec": {
+            "initContainers": [{"resources": r("2", "32Mi")}],
+            "containers": [{"resources": r("500m", "64Mi")}, {"resources": r("250m", "64Mi")}]
+        }});
+        let cg = pod_cgroup(&pod);
+        assert_eq!(cg.qos, QosClass::Guaranteed);
+        // The init container's 2 CPUs beat the apps' 750m; the apps' 128Mi beat its 32Mi.
+        assert_eq!(cg.resources.cpu_limit_millis, Some(2000));
+        assert_eq!(cg.resources.memory_limit_bytes, Some(128 << 20));
+        assert_eq!(cg.resources.cpu_shares, Some(2048));
+        let burstable = json!({"spec": {"containers": [
+            {"resources": r("500m", "64Mi")},
+            {"resources": {"requests": {"cpu": "100m"}}}
+        ]}});
+        let cg = pod_cgroup(&burstable);
+        assert_eq!(cg.qos, QosClass::Burstable);
+        assert_eq!(cg.resources.memory_limit_bytes, None);
+        assert_eq!(cg.resources.cpu_limit_millis, None);
+        assert_eq!(cg.resources.cpu_shares, Some(614));
+        let best_effort = pod_cgroup(&json!({"spec": {"containers": [{}]}}));
+        assert_eq!(best_effort.resources.cpu_shares, Some(2));
+    }
+
+    #[test]
+    fn security_context_container_wins() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}, "spec": {
+            "hostPID": true,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": true,
+                "sysctls": [{"name": "net.ipv4.ping_group_range", "value": "0 100"}]}
+        }});
+        let c = json!({"name": "app", "securityContext": {
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true
+        }});
+        let s = security(&pod, &c).unwrap();
+        assert_eq!(s.seccomp, SeccompProfile::RuntimeDefault);
+        assert!(s.no_new_privileges && s.host_pid && !s.host_ipc && !s.privileged);
+        assert_eq!(s.add_capabilities, vec!["NET_ADMIN"]);
+        assert_eq!(s.drop_capabilities, vec!["ALL"]);
+        assert_eq!(
+            s.sysctls,
+            vec![("net.ipv4.ping_group_range".to_string(), "0 100".to_string())]
+        );
+        let unconfined = json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}});
+        assert_eq!(
+            security(&pod, &unconfined).unwrap().seccomp,
+            SeccompProfile::Unconfined
+        );
+        let local = json!({"securityContext": {"seccompProfile": {"type": "Localhost"}}});
+        assert!(security(&pod, &local).is_err());
+
+        assert_eq!(
+            verify_run_as_non_root(&pod, &c, "", 0).unwrap_err(),
+            r#"container has runAsNonRoot and image will run as root (pod: "p_ns(u1)", container: app)"#
+        );
+        assert!(verify_run_as_non_root(&pod, &c, "1000", 1000).is_ok());
+        assert!(verify_run_as_non_root(&pod, &c, "nobody", 65534)
+            .unwrap_err()
+            .contains("non-numeric user (nobody)"));
+        let root = json!({"name": "app", "securityContext": {"runAsUser": 0}});
+        assert!(verify_run_as_non_root(&pod, &root, "", 0)
+            .unwrap_err()
+            .starts_with("container's runAsUser breaks non-root policy"));
+        let explicit = json!({"name": "app", "securityContext": {"runAsUser": 5}});
+        assert!(verify_run_as_non_root(&pod, &explicit, "", 0).is_ok());
     }
 }

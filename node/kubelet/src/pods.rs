@@ -403,6 +403,7 @@ impl Pods {
             dns: self.dns_config(pod),
             host_network,
             extra_hosts: host_aliases(pod),
+            cgroup: container_spec::pod_cgroup(pod),
         };
         let uid2 = uid.clone();
         let sandbox = self
@@ -768,6 +769,9 @@ impl Pods {
         }
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok();
         let (uid_n, gid_n) = user_ids(pod, c, &image.config.user, passwd.as_deref());
+        let security = container_spec::verify_run_as_non_root(pod, c, &image.config.user, uid_n)
+            .and_then(|()| container_spec::security(pod, c))
+            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         let mut mounts = Vec::new();
         for vm in c["volumeMounts"].as_array().into_iter().flatten() {
             let vname = vm["name"].as_str().unwrap_or("");
@@ -846,6 +850,7 @@ impl Pods {
             readonly_rootfs: c.pointer("/securityContext/readOnlyRootFilesystem")
                 == Some(&json!(true)),
             oom_score_adj: None,
+            security,
         };
         let sb = sandbox.clone();
         let id2 = id.clone();
@@ -1237,7 +1242,7 @@ impl Pods {
             "hostIPs": [{"ip": self.cfg.host_ip}],
             "startTime": start_time,
             "containerStatuses": main,
-            "qosClass": pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort")),
+            "qosClass": container_spec::qos_class(pod).as_str(),
         });
         if !init.is_empty() {
             status["initContainerStatuses"] = json!(init);

@@ -1,6 +1,8 @@
 //! Pod volumes on the node: emptyDir (disk or tmpfs), configMap, secret, downwardAPI, projected
 //! (service-account token, root CA, namespace) and hostPath. ConfigMap/Secret/projected
 //! contents are rewritten on every sync when they changed, so mounted files update in place.
+//! With `fsGroup`, volume contents belong to that group and directories are setgid, as the
+//! kubelet's `SetVolumeOwnership` does.
 
 use crate::container_spec::field_ref;
 use base64::Engine;
@@ -339,9 +341,57 @@ pub async fn prepare(ctx: &VolumeContext<'_>) -> Result<HashMap<String, PathBuf>
         } else {
             return Err(VolumeError::Unsupported(name));
         }
+        if let Some(gid) = ctx.pod["spec"]["securityContext"]["fsGroup"].as_u64() {
+            // emptyDir: only while its root is not the group's yet (upstream's
+            // OnRootMismatch; a big volume is not walked every sync). The others are small
+            // and rewritten files come back root-owned: every time.
+            let writable = v.get("emptyDir").is_some();
+            set_volume_ownership(&dir, gid as u32, writable, !writable).map_err(|source| {
+                VolumeError::Io {
+                    volume: name.clone(),
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+        }
         out.insert(name, dir);
     }
     Ok(out)
+}
+
+/// Gives `dir` and everything below it to group `gid`: group read (and write, for writable
+/// volumes) on files, group rwx plus setgid on directories, so files created later inherit
+/// the group. Unless `always`, nothing is done when `dir` already has the group and setgid.
+pub fn set_volume_ownership(
+    dir: &Path,
+    gid: u32,
+    writable: bool,
+    always: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(dir)?;
+    if !always && root.gid() == gid && root.mode() & 0o2000 != 0 {
+        return Ok(());
+    }
+    fn walk(p: &Path, gid: u32, file_bits: u32) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        std::os::unix::fs::lchown(p, None, Some(gid))?;
+        if md.file_type().is_symlink() {
+            return Ok(());
+        }
+        let bits = if md.is_dir() { 0o2070 } else { file_bits };
+        let mode = md.mode() & 0o7777;
+        if mode | bits != mode {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | bits))?;
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), gid, file_bits)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, gid, if writable { 0o060 } else { 0o040 })
 }
 
 fn downward_files(ctx: &VolumeContext<'_>, items: &Value) -> Vec<Projected> {
@@ -517,5 +567,36 @@ mod tests {
             true
         )
         .is_err());
+    }
+
+    #[test]
+    fn fs_group_owns_volume_contents() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/f"), b"x").unwrap();
+        std::fs::set_permissions(dir.join("sub/f"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        set_volume_ownership(&dir, 4321, true, false).unwrap();
+        for p in [dir.clone(), dir.join("sub"), dir.join("sub/f")] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().gid(),
+                4321,
+                "{}",
+                p.display()
+            );
+        }
+        assert_ne!(
+            std::fs::metadata(dir.join("sub")).unwrap().mode() & 0o2000,
+            0
+        );
+        assert_eq!(
+            std::fs::metadata(dir.join("sub/f")).unwrap().mode() & 0o777,
+            0o660
+        );
+        // A new file in a setgid directory inherits the group.
+        std::fs::write(dir.join("sub/g"), b"y").unwrap();
+        assert_eq!(std::fs::metadata(dir.join("sub/g")).unwrap().gid(), 4321);
     }
 }

@@ -26,6 +26,8 @@ pub mod crilog;
 pub mod shim;
 pub mod spec;
 mod sys;
+
+pub use spec::{PodCgroup, QosClass, SeccompProfile, Security};
 mod tty;
 
 use chrono::{DateTime, Utc};
@@ -85,6 +87,9 @@ pub struct SandboxConfig {
     pub host_network: bool,
     /// Extra `/etc/hosts` lines (hostAliases).
     pub extra_hosts: Vec<String>,
+    /// The pod-level cgroup its containers' cgroups go under.
+    #[serde(default)]
+    pub cgroup: PodCgroup,
 }
 
 /// The pod's `/etc/resolv.conf`.
@@ -102,6 +107,10 @@ pub struct Sandbox {
     pub dir: PathBuf,
     pub hostname: String,
     pub host_network: bool,
+    /// The pod cgroup (`/kubepods/<qos>/pod<uid>`); absent in sandboxes created before pod
+    /// cgroups, whose containers live under `/k3rs/<pod-uid>`.
+    #[serde(default)]
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -171,6 +180,9 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     pub readonly_rootfs: bool,
     pub oom_score_adj: Option<i32>,
+    /// securityContext: capabilities, privileged, seccomp, host namespaces, sysctls.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// A process to start in a running container (`kubectl exec`, exec probes). It inherits the
@@ -415,11 +427,22 @@ impl Runtime {
                 message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
+        let cgroup = spec::pod_cgroup_path(cfg.cgroup.qos, pod_uid);
+        if let Err(e) = sys::create_cgroup(&cgroup, &cfg.cgroup.resources) {
+            let _ = sys::unmount_namespaces(&ns);
+            let _ = fs::remove_dir_all(&dir);
+            sys::remove_cgroup_tree(&cgroup);
+            return Err(Error::Sandbox {
+                pod_uid: pod_uid.into(),
+                message: format!("creating the pod cgroup: {e}"),
+            });
+        }
         let sb = Sandbox {
             pod_uid: pod_uid.into(),
             dir: dir.clone(),
             hostname,
             host_network: cfg.host_network,
+            cgroup_parent: Some(cgroup),
         };
         write_json_atomic(&dir.join("sandbox.json"), &sb)?;
         info!("sandbox created");
@@ -456,8 +479,12 @@ impl Runtime {
         if !dir.exists() {
             return Ok(());
         }
+        let cgroup = self.sandbox(pod_uid).ok().and_then(|sb| sb.cgroup_parent);
         sys::unmount_namespaces(&dir.join("ns"))?;
         fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+        if let Some(cgroup) = cgroup {
+            sys::remove_cgroup_tree(&cgroup);
+        }
         sys::remove_cgroup(Path::new(&format!("/k3rs/{pod_uid}")));
         info!("sandbox removed");
         Ok(())
@@ -490,7 +517,7 @@ impl Runtime {
             log_path: cfg.log_path.clone(),
             log_rotation: cfg.log_rotation,
             created_at: Utc::now(),
-            cgroups_path: spec::cgroups_path(&sandbox.pod_uid, &cfg.id),
+            cgroups_path: spec::cgroups_path(sandbox, &cfg.id),
             tty: cfg.tty,
             stdin: cfg.stdin,
             stdin_once: cfg.stdin_once,

@@ -1,6 +1,6 @@
-//! Small Linux helpers: signals, process liveness, cgroups, namespaces, `lo`.
+//! Small Linux helpers: signals, process liveness, cgroups, namespaces, `lo`, host devices.
 
-use crate::{io_err, Result};
+use crate::{io_err, Resources, Result};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -47,8 +47,154 @@ pub fn is_shim_of(pid: i32, id: &str) -> bool {
     }
 }
 
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 fn cgroup_v2() -> bool {
-    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
+/// The v2 controllers a pod cgroup delegates to its containers (those libcontainer sets).
+const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "hugetlb", "pids"];
+
+/// The v1 hierarchies to create a cgroup in: every mounted controller hierarchy, not the
+/// named `systemd` one nor the hybrid layout's `unified` (v2) mount.
+fn v1_controller_dirs(rel: &Path) -> Vec<(String, PathBuf)> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(CGROUP_ROOT) {
+        for e in rd.flatten() {
+            let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(true);
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !is_link && name != "systemd" && name != "unified" {
+                out.push((name, e.path().join(rel)));
+            }
+        }
+    }
+    out
+}
+
+fn write_cgroup_file(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
+    fs::write(dir.join(file), value).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", dir.join(file).display()),
+        )
+    })
+}
+
+/// cgroup v1 `cpu.shares` → v2 `cpu.weight` (the conversion runc and the kubelet use).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// Creates the cgroup `rel` (and its parents) in every hierarchy and sets `limits` on it: the
+/// pod-level cgroup its containers' cgroups go under. On v2 the controllers are enabled in
+/// `cgroup.subtree_control` from the root down, including `rel` itself (it holds no process,
+/// only container cgroups). Existing directories are kept; limits are written again.
+pub fn create_cgroup(rel: &Path, limits: &Resources) -> std::io::Result<()> {
+    let quota = limits.cpu_limit_millis.map(crate::spec::cpu_quota_us);
+    if cgroup_v2() {
+        let root = Path::new(CGROUP_ROOT);
+        let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<&str> = available
+            .split_whitespace()
+            .filter(|c| V2_CONTROLLERS.contains(c))
+            .collect();
+        let mut dir = root.to_path_buf();
+        let components = rel.components().filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        });
+        for part in components.map(Some).chain(std::iter::once(None)) {
+            for c in &enable {
+                // One write per controller: one the kernel refuses must not stop the others.
+                if let Err(e) = write_cgroup_file(&dir, "cgroup.subtree_control", &format!("+{c}"))
+                {
+                    tracing::debug!(error = %e, "enabling a cgroup controller");
+                }
+            }
+            let Some(part) = part else { break };
+            dir.push(part);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        if let Some(m) = limits.memory_limit_bytes {
+            write_cgroup_file(&dir, "memory.max", &m.to_string())?;
+        }
+        if let Some(q) = quota {
+            write_cgroup_file(
+                &dir,
+                "cpu.max",
+                &format!("{q} {}", crate::spec::CPU_PERIOD_US),
+            )?;
+        }
+        if let Some(s) = limits.cpu_shares {
+            write_cgroup_file(&dir, "cpu.weight", &shares_to_weight(s).to_string())?;
+        }
+        if let Some(p) = limits.pids_limit {
+            write_cgroup_file(&dir, "pids.max", &p.to_string())?;
+        }
+        return Ok(());
+    }
+    for (controllers, dir) in v1_controller_dirs(rel) {
+        fs::create_dir_all(&dir)?;
+        let has = |c: &str| controllers.split(',').any(|x| x == c);
+        if has("memory") {
+            if let Some(m) = limits.memory_limit_bytes {
+                write_cgroup_file(&dir, "memory.limit_in_bytes", &m.to_string())?;
+            }
+        }
+        if has("cpu") {
+            if let Some(q) = quota {
+                write_cgroup_file(
+                    &dir,
+                    "cpu.cfs_period_us",
+                    &crate::spec::CPU_PERIOD_US.to_string(),
+                )?;
+                write_cgroup_file(&dir, "cpu.cfs_quota_us", &q.to_string())?;
+            }
+            if let Some(s) = limits.cpu_shares {
+                write_cgroup_file(&dir, "cpu.shares", &s.to_string())?;
+            }
+        }
+        if has("pids") {
+            if let Some(p) = limits.pids_limit {
+                write_cgroup_file(&dir, "pids.max", &p.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the cgroup `rel` and any cgroups left below it (deepest first) from every
+/// hierarchy. A cgroup whose last process is still exiting is retried briefly.
+pub fn remove_cgroup_tree(rel: &Path) {
+    fn remove(dir: &Path) {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    remove(&e.path());
+                }
+            }
+        }
+        for attempt in 0..20 {
+            match fs::remove_dir(dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if attempt == 19 => {
+                    tracing::warn!(path = %dir.display(), error = %e, "removing cgroup")
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    for d in cgroup_dirs(rel) {
+        if d.exists() {
+            remove(&d);
+        }
+    }
 }
 
 /// The directories of a cgroup path in every hierarchy (v1: one per controller).
@@ -112,6 +258,71 @@ pub fn unmount_namespaces(ns_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This process's capability bounding set (`CapBnd` in `/proc/self/status`) as a bit mask;
+/// everything when it cannot be read.
+pub fn bounding_set() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Every character and block device under the host's `/dev` (what a privileged container
+/// gets, as containerd's `WithDevices` gives it), without the per-container ones (`pts`,
+/// `ptmx`, `shm`, `mqueue`) libcontainer makes itself.
+pub fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
+    use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fn walk(dir: &Path, out: &mut Vec<oci_spec::runtime::LinuxDevice>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if ["pts", "shm", "mqueue", "ptmx", "console", ".udev", ".lxc"]
+                .iter()
+                .any(|n| name == *n)
+            {
+                continue;
+            }
+            let Ok(md) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = md.file_type();
+            if ft.is_dir() {
+                walk(&path, out);
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = md.rdev();
+            let dev = LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(typ)
+                .major(libc::major(rdev) as i64)
+                .minor(libc::minor(rdev) as i64)
+                .file_mode(md.mode() & 0o7777)
+                .uid(md.uid())
+                .gid(md.gid())
+                .build();
+            if let Ok(dev) = dev {
+                out.push(dev);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), &mut out);
+    out
 }
 
 /// Brings the loopback interface of the current network namespace up.
