@@ -17,6 +17,10 @@ pub async fn on_create(api: &Api, t: &Target<'_>, obj: &mut Value) -> Result<(),
     if t.rt.group == "apiextensions.k8s.io" && t.rt.kind == "CustomResourceDefinition" {
         crd_status(obj);
     }
+    if t.rt.group.is_empty() {
+        let namespace = t.namespace.unwrap_or("default");
+        crate::limitrange::on_create(api, &t.rt.plural, namespace, obj).await?;
+    }
     if t.rt.group.is_empty() && t.rt.kind == "Pod" {
         service_account(api, t.namespace.unwrap_or("default"), obj).await?;
         default_tolerations(obj);

@@ -583,6 +583,7 @@ pub async fn create(
             warnings,
         });
     }
+    crate::quota::charge_create(api, t, &obj).await?;
     let key = t.key(&name);
     let mut attempt = 0;
     loop {
