@@ -131,6 +131,13 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
             "cat /proc/self/status",
         ),
         script_pod(
+            "podlevel",
+            &node,
+            "  hostPID: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ping_group_range, value: \"0 4242\"}]\n",
+            "",
+            "cat /proc/sys/net/ipv4/ping_group_range; cat /proc/1/comm",
+        ),
+        script_pod(
             "defaults",
             &node,
             "",
@@ -184,6 +191,15 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
         "{message}"
     );
 
+    // A container that never started leaves no root filesystem mounted behind it.
+    let nonroot_uid = c.ok(&["get", "pod", "nonroot", "-o", "jsonpath={.metadata.uid}"])?;
+    c.ok(&["delete", "pod", "nonroot", "--timeout=60s"])?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mounts.lines().any(|l| l.contains(nonroot_uid.trim())),
+        "mounts left for the refused pod"
+    );
+
     let ro = output_of(&c, "readonly")?;
     assert!(ro.contains("root-readonly"), "{ro}");
     assert!(ro.contains("volume-writable"), "{ro}");
@@ -217,6 +233,20 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
         !privileged.contains("Read-only file system"),
         "/sys is writable: {privileged}"
     );
+
+    // Namespaced sysctls are set in the pod's network namespace; hostPID shows the host's
+    // PID 1 rather than the container's own shell.
+    let podlevel = output_of(&c, "podlevel")?;
+    let mut lines = podlevel.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["0", "4242"]),
+        "{podlevel}"
+    );
+    let host_init = std::fs::read_to_string("/proc/1/comm")?;
+    assert_eq!(lines.next(), Some(host_init.trim()), "{podlevel}");
 
     let confined = output_of(&c, "confined")?;
     assert_eq!(status_field(&confined, "NoNewPrivs"), "1", "{confined}");

@@ -769,9 +769,20 @@ impl Pods {
         }
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok();
         let (uid_n, gid_n) = user_ids(pod, c, &image.config.user, passwd.as_deref());
-        let security = container_spec::verify_run_as_non_root(pod, c, &image.config.user, uid_n)
-            .and_then(|()| container_spec::security(pod, c))
-            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        let security =
+            match container_spec::verify_run_as_non_root(pod, c, &image.config.user, uid_n)
+                .and_then(|()| container_spec::security(pod, c))
+            {
+                Ok(s) => s,
+                Err(m) => {
+                    // Nothing will run on this root: unmount it now (teardown only sees containers
+                    // the runtime knows).
+                    let images = self.images.clone();
+                    let rid = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || images.release_rootfs(&rid)).await;
+                    return Err(("CreateContainerConfigError".to_string(), m));
+                }
+            };
         let mut mounts = Vec::new();
         for vm in c["volumeMounts"].as_array().into_iter().flatten() {
             let vname = vm["name"].as_str().unwrap_or("");

@@ -58,10 +58,10 @@ const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "hugetlb", "p
 
 /// The v1 hierarchies to create a cgroup in: every mounted controller hierarchy, not the
 /// named `systemd` one nor the hybrid layout's `unified` (v2) mount.
-fn v1_controller_dirs(rel: &Path) -> Vec<(String, PathBuf)> {
+fn v1_controller_dirs(root: &Path, rel: &Path) -> Vec<(String, PathBuf)> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
     let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(CGROUP_ROOT) {
+    if let Ok(rd) = fs::read_dir(root) {
         for e in rd.flatten() {
             let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(true);
             let name = e.file_name().to_string_lossy().into_owned();
@@ -92,9 +92,13 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 /// `cgroup.subtree_control` from the root down, including `rel` itself (it holds no process,
 /// only container cgroups). Existing directories are kept; limits are written again.
 pub fn create_cgroup(rel: &Path, limits: &Resources) -> std::io::Result<()> {
+    create_cgroup_in(Path::new(CGROUP_ROOT), cgroup_v2(), rel, limits)
+}
+
+/// [`create_cgroup`] under the cgroup mount `root` (unit tests use a plain directory).
+fn create_cgroup_in(root: &Path, v2: bool, rel: &Path, limits: &Resources) -> std::io::Result<()> {
     let quota = limits.cpu_limit_millis.map(crate::spec::cpu_quota_us);
-    if cgroup_v2() {
-        let root = Path::new(CGROUP_ROOT);
+    if v2 {
         let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         let enable: Vec<&str> = available
             .split_whitespace()
@@ -138,7 +142,7 @@ pub fn create_cgroup(rel: &Path, limits: &Resources) -> std::io::Result<()> {
         }
         return Ok(());
     }
-    for (controllers, dir) in v1_controller_dirs(rel) {
+    for (controllers, dir) in v1_controller_dirs(root, rel) {
         fs::create_dir_all(&dir)?;
         let has = |c: &str| controllers.split(',').any(|x| x == c);
         if has("memory") {
@@ -351,4 +355,80 @@ pub fn loopback_up() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Resources {
+        Resources {
+            memory_limit_bytes: Some(64 << 20),
+            cpu_limit_millis: Some(250),
+            cpu_shares: Some(256),
+            pids_limit: None,
+        }
+    }
+
+    fn read(p: PathBuf) -> String {
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn v2_pod_cgroup_enables_controllers_down_to_the_pod() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids rdma\n",
+        )
+        .unwrap();
+        let rel = Path::new("/kubepods/burstable/podu1");
+        create_cgroup_in(root, true, rel, &limits()).unwrap();
+        // Every level down to the pod delegates (the last write is the last controller).
+        for dir in [
+            "",
+            "kubepods",
+            "kubepods/burstable",
+            "kubepods/burstable/podu1",
+        ] {
+            assert_eq!(read(root.join(dir).join("cgroup.subtree_control")), "+pids");
+        }
+        let pod = root.join("kubepods/burstable/podu1");
+        assert_eq!(read(pod.join("memory.max")), (64 << 20).to_string());
+        assert_eq!(read(pod.join("cpu.max")), "25000 100000");
+        assert_eq!(
+            read(pod.join("cpu.weight")),
+            shares_to_weight(256).to_string()
+        );
+        // Again (a restarted daemon): existing directories are fine.
+        create_cgroup_in(root, true, rel, &limits()).unwrap();
+    }
+
+    #[test]
+    fn v1_pod_cgroup_in_each_controller_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for h in ["memory", "cpu,cpuacct", "pids", "systemd", "unified"] {
+            fs::create_dir(root.join(h)).unwrap();
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+        create_cgroup_in(root, false, Path::new("/kubepods/podu2"), &limits()).unwrap();
+        let pod = |h: &str| root.join(h).join("kubepods/podu2");
+        assert_eq!(
+            read(pod("memory").join("memory.limit_in_bytes")),
+            (64 << 20).to_string()
+        );
+        assert_eq!(read(pod("cpu,cpuacct").join("cpu.cfs_quota_us")), "25000");
+        assert_eq!(read(pod("cpu,cpuacct").join("cpu.shares")), "256");
+        assert!(pod("pids").is_dir());
+        assert!(!pod("systemd").exists() && !pod("unified").exists());
+    }
+
+    #[test]
+    fn shares_map_to_weights_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
 }
