@@ -13,6 +13,7 @@
 pub mod cache;
 pub use k3rs_client::events;
 pub mod plugins;
+pub mod volumes;
 
 use cache::{NodeInfo, PodInfo};
 use k3rs_client::{Client, ClientError, ListParams, Patch, Resource, WatchEvent};
@@ -371,15 +372,19 @@ impl State {
         let pod = pending.pod;
         let (ns, name) = key.split_once('/').unwrap_or(("", &key));
         let span = info_span!("reconcile", kind = "Pod", namespace = %ns, name = %name);
-        let chosen = span.in_scope(|| self.decide(&key, &pod));
+        // Only pods with PersistentVolumeClaims read anything here.
+        let volumes = volumes::VolumeNeeds::load(self.client.as_ref(), &pod)
+            .instrument(span.clone())
+            .await;
+        let chosen = span.in_scope(|| self.decide(&key, &pod, &volumes));
         if let Some(node) = chosen {
-            self.bind(key, pod, node, span).await;
+            self.bind(key, pod, node, volumes, span).await;
         }
     }
 
     /// Filters and scores the nodes for one pod; assumes it onto the best node, or reports it
     /// unschedulable.
-    fn decide(&mut self, key: &str, pod: &Value) -> Option<String> {
+    fn decide(&mut self, key: &str, pod: &Value, volumes: &volumes::VolumeNeeds) -> Option<String> {
         let info = PodInfo::from_pod(pod);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut candidates: Vec<&NodeInfo> = Vec::new();
@@ -387,7 +392,10 @@ impl State {
         let mut total = 0;
         for n in self.nodes.values().filter(|n| !n.name.is_empty()) {
             total += 1;
-            let r = plugins::filter(pod, &info, n);
+            let mut r = plugins::filter(pod, &info, n);
+            if r.is_empty() && !volumes.is_empty() {
+                r.extend(volumes.filter(n));
+            }
             if r.is_empty() {
                 candidates.push(n);
             } else {
@@ -399,8 +407,19 @@ impl State {
         if candidates.is_empty() {
             let message = plugins::unschedulable_message(total, &reasons);
             debug!(%message, "unschedulable");
-            self.unschedulable
-                .insert(key.to_string(), pod_scheduling_inputs(pod));
+            if volumes.is_empty() {
+                self.unschedulable
+                    .insert(key.to_string(), pod_scheduling_inputs(pod));
+            } else {
+                // Claims and volumes are not watched here: look again in a while (a Null entry
+                // never matches, so the retry re-queues the pod).
+                self.unschedulable.insert(key.to_string(), Value::Null);
+                let (tx, key) = (self.tx.clone(), key.to_string());
+                tokio::spawn(async move {
+                    tokio::time::sleep(volumes::RETRY).await;
+                    let _ = tx.send(Msg::Retry(key));
+                });
+            }
             self.report_unschedulable(pod.clone(), message);
             return None;
         }
@@ -436,7 +455,14 @@ impl State {
         Some(chosen)
     }
 
-    async fn bind(&self, key: String, pod: Value, node: String, span: tracing::Span) {
+    async fn bind(
+        &self,
+        key: String,
+        pod: Value,
+        node: String,
+        volumes: volumes::VolumeNeeds,
+        span: tracing::Span,
+    ) {
         let Ok(permit) = self.binders.clone().acquire_owned().await else {
             return;
         };
@@ -445,6 +471,7 @@ impl State {
         tokio::spawn(
             async move {
                 let _permit = permit;
+                volumes.select_node(client.as_ref(), &node).await;
                 let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
                 let name = pod["metadata"]["name"].as_str().unwrap_or("");
                 let body = json!({
