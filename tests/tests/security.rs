@@ -2,7 +2,7 @@
 //! kubelet driven through real kubectl, checked from inside the container (`id`,
 //! `/proc/self/status`) and from the host (cgroup directories, mounts, shims). Needs root.
 
-use k3rs_e2e::{eventually, is_root, Cluster};
+use k3rs_e2e::{eventually, is_root, k3rs_bin, Cluster};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -314,7 +314,13 @@ fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
         vec![PathBuf::from("/sys/fs/cgroup/kubepods")]
     } else {
         std::fs::read_dir("/sys/fs/cgroup")
-            .map(|rd| rd.flatten().map(|e| e.path().join("kubepods")).collect())
+            .map(|rd| {
+                rd.flatten()
+                    // cpu → cpu,cpuacct and the like: each hierarchy once.
+                    .filter(|e| !e.file_type().map(|t| t.is_symlink()).unwrap_or(true))
+                    .map(|e| e.path().join("kubepods"))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     for r in roots {
@@ -418,7 +424,59 @@ fn qos_classes_pod_cgroups_and_nothing_left_behind() -> anyhow::Result<()> {
             "a shim was left behind"
         );
     }
+
+    // `k3rs killall` takes the pod cgroups of running pods with it too.
+    c.kubectl_stdin(
+        None,
+        &["apply", "-f", "-"],
+        &sleeper("survivor", "    resources: {requests: {cpu: 50m}}\n"),
+    )?;
+    let uid = eventually(Duration::from_secs(60), || {
+        let p: Value = c.json(&["get", "pod", "survivor"]).ok()?;
+        (p["status"]["phase"] == "Running")
+            .then(|| p["metadata"]["uid"].as_str().map(String::from))?
+    })
+    .expect("survivor never ran");
+    assert_eq!(
+        pod_cgroups(&uid).len(),
+        if cgroup_base().ends_with("memory") {
+            v1_hierarchies()
+        } else {
+            1
+        }
+    );
+    let out = c
+        .command(k3rs_bin())
+        .args(["killall", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "killall failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pod_cgroups(&uid),
+        Vec::<PathBuf>::new(),
+        "killall left pod cgroups"
+    );
     Ok(())
+}
+
+/// The v1 controller hierarchies a pod cgroup is created in.
+fn v1_hierarchies() -> usize {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    !e.file_type().map(|t| t.is_symlink()).unwrap_or(true)
+                        && name != "systemd"
+                        && name != "unified"
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn pod_cgroup_dir(base: &Path, qos: &str, uid: &str) -> PathBuf {
