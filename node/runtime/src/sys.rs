@@ -82,6 +82,24 @@ fn write_cgroup_file(dir: &Path, file: &str, value: &str) -> std::io::Result<()>
     })
 }
 
+/// Writes a pod limit. A file the hierarchy does not have (its controller is not enabled or
+/// delegated here: cgroupfs answers EACCES to creating it) is logged and skipped, so a node
+/// without, say, the cpu controller still runs pods, as the kubelet does.
+fn set_limit(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
+    match write_cgroup_file(dir, file, value) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            tracing::warn!(error = %e, "cgroup limit not available; not set");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 /// cgroup v1 `cpu.shares` → v2 `cpu.weight` (the conversion runc and the kubelet use).
 pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
@@ -125,20 +143,20 @@ fn create_cgroup_in(root: &Path, v2: bool, rel: &Path, limits: &Resources) -> st
             }
         }
         if let Some(m) = limits.memory_limit_bytes {
-            write_cgroup_file(&dir, "memory.max", &m.to_string())?;
+            set_limit(&dir, "memory.max", &m.to_string())?;
         }
         if let Some(q) = quota {
-            write_cgroup_file(
+            set_limit(
                 &dir,
                 "cpu.max",
                 &format!("{q} {}", crate::spec::CPU_PERIOD_US),
             )?;
         }
         if let Some(s) = limits.cpu_shares {
-            write_cgroup_file(&dir, "cpu.weight", &shares_to_weight(s).to_string())?;
+            set_limit(&dir, "cpu.weight", &shares_to_weight(s).to_string())?;
         }
         if let Some(p) = limits.pids_limit {
-            write_cgroup_file(&dir, "pids.max", &p.to_string())?;
+            set_limit(&dir, "pids.max", &p.to_string())?;
         }
         return Ok(());
     }
@@ -147,25 +165,25 @@ fn create_cgroup_in(root: &Path, v2: bool, rel: &Path, limits: &Resources) -> st
         let has = |c: &str| controllers.split(',').any(|x| x == c);
         if has("memory") {
             if let Some(m) = limits.memory_limit_bytes {
-                write_cgroup_file(&dir, "memory.limit_in_bytes", &m.to_string())?;
+                set_limit(&dir, "memory.limit_in_bytes", &m.to_string())?;
             }
         }
         if has("cpu") {
             if let Some(q) = quota {
-                write_cgroup_file(
+                set_limit(
                     &dir,
                     "cpu.cfs_period_us",
                     &crate::spec::CPU_PERIOD_US.to_string(),
                 )?;
-                write_cgroup_file(&dir, "cpu.cfs_quota_us", &q.to_string())?;
+                set_limit(&dir, "cpu.cfs_quota_us", &q.to_string())?;
             }
             if let Some(s) = limits.cpu_shares {
-                write_cgroup_file(&dir, "cpu.shares", &s.to_string())?;
+                set_limit(&dir, "cpu.shares", &s.to_string())?;
             }
         }
         if has("pids") {
             if let Some(p) = limits.pids_limit {
-                write_cgroup_file(&dir, "pids.max", &p.to_string())?;
+                set_limit(&dir, "pids.max", &p.to_string())?;
             }
         }
     }
