@@ -151,6 +151,10 @@ fn exec(dir: &Path, lc_root: &Path, json: &str, tty: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(format!("duplicating stdio: {e}")),
     };
+    let process_path = match write_exec_process(dir, &cfg, false) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
     let built = with_default_signals(|| {
         ContainerBuilder::new(rec.id.clone(), SyscallType::default())
             .with_root_path(lc_root)
@@ -159,13 +163,12 @@ fn exec(dir: &Path, lc_root: &Path, json: &str, tty: bool) -> i32 {
                     .with_stdout(o)
                     .with_stderr(e)
                     .as_tenant()
-                    .with_container_args(cfg.args.clone())
-                    .with_env(cfg.env.iter().cloned().collect())
-                    .with_cwd(cfg.cwd.as_ref().map(std::path::PathBuf::from))
+                    .with_process(Some(&process_path))
                     .with_detach(true)
             })
             .and_then(|b| b.build())
     });
+    let _ = fs::remove_file(&process_path);
     let pid = match built {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
@@ -213,6 +216,38 @@ fn write_some(fd: &OwnedFd, pending: &mut Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The process an exec runs: the container's own process settings (user, groups,
+/// capabilities, rlimits, no_new_privileges, as upstream's exec) with the exec's command,
+/// environment and directory; written next to the container for libcontainer's tenant builder.
+fn write_exec_process(
+    dir: &Path,
+    cfg: &crate::ExecConfig,
+    terminal: bool,
+) -> Result<std::path::PathBuf, String> {
+    let spec = oci_spec::runtime::Spec::load(dir.join("bundle/config.json"))
+        .map_err(|e| format!("reading the container's spec: {e}"))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut env = process.env().clone().unwrap_or_default();
+    for (k, v) in &cfg.env {
+        env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
+        env.push(format!("{k}={v}"));
+    }
+    if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    process
+        .set_args(Some(cfg.args.clone()))
+        .set_env(Some(env))
+        .set_terminal(Some(terminal))
+        .set_console_size(None);
+    if let Some(cwd) = &cfg.cwd {
+        process.set_cwd(cwd.into());
+    }
+    let path = dir.join(format!("exec-{}.process.json", std::process::id()));
+    write_json_atomic(&path, &process).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
 /// `kubectl exec -t`: the container's own process settings (user, capabilities, rlimits)
 /// with the exec's command, environment and directory, on a terminal that libcontainer
 /// allocates inside the container (so `tty` names `/dev/pts/N` of the container's devpts) and
@@ -223,37 +258,15 @@ fn exec_tty(dir: &Path, lc_root: &Path, cfg: &crate::ExecConfig, rec: &Container
         eprintln!("exec: {msg}");
         crate::EXEC_START_FAILED
     };
-    let spec = match oci_spec::runtime::Spec::load(dir.join("bundle/config.json")) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("reading the container's spec: {e}")),
+    let process_path = match write_exec_process(dir, cfg, true) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
-    let mut process = spec.process().clone().unwrap_or_default();
-    let mut env = process.env().clone().unwrap_or_default();
-    for (k, v) in &cfg.env {
-        env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
-    if !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm".into());
-    }
-    process
-        .set_args(Some(cfg.args.clone()))
-        .set_env(Some(env))
-        .set_terminal(Some(true))
-        .set_console_size(None);
-    if let Some(cwd) = &cfg.cwd {
-        process.set_cwd(cwd.into());
-    }
-    let tag = std::process::id();
-    let process_path = dir.join(format!("exec-{tag}.process.json"));
-    let console_path = dir.join(format!("exec-{tag}.console.sock"));
+    let console_path = dir.join(format!("exec-{}.console.sock", std::process::id()));
     let cleanup = || {
         let _ = fs::remove_file(&process_path);
         let _ = fs::remove_file(&console_path);
     };
-    if let Err(e) = write_json_atomic(&process_path, &process) {
-        return fail(e.to_string());
-    }
     let listener = match crate::tty::bind(&console_path) {
         Ok(l) => l,
         Err(e) => {

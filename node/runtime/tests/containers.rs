@@ -8,7 +8,7 @@ mod common;
 use k3rs_images::ImageStore;
 use k3rs_runtime::{
     ContainerConfig, ContainerState, Error, ExecConfig, Resources, Runtime, Sandbox, SandboxConfig,
-    ShimCommand,
+    ShimCommand, User,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -374,7 +374,31 @@ fn exec_runs_in_the_container_with_its_env_and_exit_code() {
     let mut env = Env::new("exec");
     let mut cfg = env.config("c", &["/bin/sleep", "1000"]);
     cfg.env.push(("FROM_SPEC".into(), "spec".into()));
+    cfg.user = User {
+        uid: 1000,
+        gid: 1001,
+        additional_gids: vec![1002],
+    };
     env.rt.run_container(&env.sandbox, &cfg).unwrap();
+    // An exec runs as the container's user, like upstream's (not as root).
+    let ids = env
+        .rt
+        .exec_output(
+            &cfg.id,
+            &ExecConfig {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo $(id -u) $(id -g) $(id -G)".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ids.stdout),
+        "1000 1001 1001 1002\n"
+    );
     let out = env
         .rt
         .exec_output(
