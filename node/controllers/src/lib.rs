@@ -19,10 +19,12 @@ pub mod history;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod quota;
 pub mod replicaset;
 pub mod selector;
 pub mod servicelb;
 pub mod statefulset;
+pub mod volumebinding;
 
 use informer::Informer;
 use k3rs_client::{Client, ClientError, Resource};
@@ -150,6 +152,8 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     let sts = statefulset::StatefulSetController::new(ctx.clone());
     let ds = daemonset::DaemonSetController::new(ctx.clone());
     let cj = cronjob::CronJobController::new(ctx.clone());
+    let quotas = quota::QuotaController::new(ctx.clone());
+    let volumes = volumebinding::VolumeBindingController::new(ctx.clone());
     for i in ctx.informers() {
         i.spawn(client.clone());
     }
@@ -166,5 +170,7 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     tokio::spawn(sts.run());
     tokio::spawn(ds.run());
     tokio::spawn(cj.run());
+    tokio::spawn(quotas.run());
+    tokio::spawn(volumes.run());
     jobs.run().await;
 }
