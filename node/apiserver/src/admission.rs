@@ -24,6 +24,7 @@ pub async fn on_create(api: &Api, t: &Target<'_>, obj: &mut Value) -> Result<(),
     if t.rt.group.is_empty() && t.rt.kind == "Pod" {
         service_account(api, t.namespace.unwrap_or("default"), obj).await?;
         default_tolerations(obj);
+        priority(api, obj).await?;
     }
     Ok(())
 }
@@ -94,6 +95,82 @@ async fn service_account(api: &Api, namespace: &str, pod: &mut Value) -> Result<
                 c["volumeMounts"] = json!(mounts);
             }
         }
+    }
+    Ok(())
+}
+
+/// Upstream's Priority admission: `spec.priorityClassName` (or the `globalDefault` class) is
+/// resolved into `spec.priority` and `spec.preemptionPolicy`; an unknown class is refused, and so
+/// is a priority given in the spec that differs from the class's.
+async fn priority(api: &Api, pod: &mut Value) -> Result<(), ApiError> {
+    let pod_name = meta::name(pod).unwrap_or_default().to_string();
+    let wanted = pod
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let classes = api
+        .store
+        .list(
+            "/registry/scheduling.k8s.io/priorityclasses/",
+            None,
+            None,
+            None,
+        )
+        .await?;
+    let classes = classes
+        .items
+        .iter()
+        .map(|kv| meta::decode_from_store(&kv.value, kv.mod_revision));
+    let class = match &wanted {
+        Some(name) => {
+            let found = classes
+                .into_iter()
+                .find(|c| meta::name(c) == Some(name.as_str()));
+            if found.is_none() {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{pod_name}\" is forbidden: no PriorityClass with name {name} was found"
+                )));
+            }
+            found
+        }
+        // Upstream picks the lowest-valued default when there are several.
+        None => classes
+            .filter(|c| c["globalDefault"].as_bool() == Some(true))
+            .min_by_key(|c| c["value"].as_i64().unwrap_or(0)),
+    };
+    let (value, policy) = match &class {
+        Some(c) => {
+            pod["spec"]["priorityClassName"] = c["metadata"]["name"].clone();
+            (
+                c["value"].as_i64().unwrap_or(0),
+                c["preemptionPolicy"]
+                    .as_str()
+                    .unwrap_or("PreemptLowerPriority")
+                    .to_string(),
+            )
+        }
+        None => (0, "PreemptLowerPriority".to_string()),
+    };
+    if let Some(given) = pod.pointer("/spec/priority").and_then(Value::as_i64) {
+        if given != value {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{pod_name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+    }
+    pod["spec"]["priority"] = json!(value);
+    match pod
+        .pointer("/spec/preemptionPolicy")
+        .and_then(Value::as_str)
+    {
+        Some(given) if given != policy && class.is_some() => {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{pod_name}\" is forbidden: the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+            )));
+        }
+        Some(_) => {}
+        None => pod["spec"]["preemptionPolicy"] = json!(policy),
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The scheduler's view of the cluster: nodes and the pods bound (or assumed) to them, kept from
 //! watches so that scheduling a pod never lists anything.
 
+use crate::podmeta::PodMeta;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Requests used for scoring pods that request nothing (upstream's `DefaultMilliCPURequest` and
 /// `DefaultMemoryRequest`), in milli-units.
@@ -87,6 +89,9 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     pub owner_uid: Option<String>,
     pub node: String,
+    /// Identity, labels, priority, pod (anti-)affinity: for inter-pod affinity, topology spread
+    /// and preemption.
+    pub meta: Arc<PodMeta>,
 }
 
 impl PodInfo {
@@ -148,6 +153,7 @@ impl PodInfo {
             host_ports,
             owner_uid: controller_uid(pod),
             node: spec["nodeName"].as_str().unwrap_or("").to_string(),
+            meta: Arc::new(PodMeta::from_pod(pod)),
         }
     }
 }
@@ -183,6 +189,10 @@ pub struct NodeInfo {
     pub pod_count: i64,
     pub host_ports: Vec<HostPort>,
     pub owner_counts: HashMap<String, u32>,
+    /// The pods on the node by key, and the subset with pod (anti-)affinity terms of their own
+    /// (so the symmetric anti-affinity check does not look at every pod).
+    pub pods: HashMap<String, Arc<PodMeta>>,
+    pub affinity_pods: HashMap<String, Arc<PodMeta>>,
     /// The parts of the Node that scheduling depends on, to tell a relevant change from a heartbeat.
     pub fingerprint: Value,
 }
@@ -235,6 +245,11 @@ impl NodeInfo {
         if let Some(uid) = &p.owner_uid {
             *self.owner_counts.entry(uid.clone()).or_default() += 1;
         }
+        let key = p.meta.key();
+        if p.meta.affinity.is_some() {
+            self.affinity_pods.insert(key.clone(), p.meta.clone());
+        }
+        self.pods.insert(key, p.meta.clone());
     }
 
     pub fn remove_pod(&mut self, p: &PodInfo) {
@@ -257,6 +272,9 @@ impl NodeInfo {
                 }
             }
         }
+        let key = p.meta.key();
+        self.pods.remove(&key);
+        self.affinity_pods.remove(&key);
     }
 }
 

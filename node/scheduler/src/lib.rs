@@ -12,13 +12,17 @@
 
 pub mod cache;
 pub use k3rs_client::events;
+pub mod interpod;
 pub mod plugins;
+pub mod podmeta;
+pub mod preemption;
+pub mod spread;
 pub mod volumes;
 
 use cache::{NodeInfo, PodInfo};
 use k3rs_client::{Client, ClientError, ListParams, Patch, Resource, WatchEvent};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -140,6 +144,11 @@ struct State {
     recorder: events::Recorder,
     /// Rotates tie-breaking between equally scored nodes.
     tie: usize,
+    /// Pods that preempted, holding room on their node (`preemption.rs`).
+    nominated: preemption::Nominations,
+    /// Unschedulable pods that a newly placed pod may let in (required pod affinity, topology
+    /// spread): retried on the next assignment.
+    awaiting_pods: HashSet<String>,
 }
 
 async fn run_once(client: Arc<dyn Client>, config: &SchedulerConfig) -> Result<(), Error> {
@@ -171,6 +180,8 @@ async fn run_once(client: Arc<dyn Client>, config: &SchedulerConfig) -> Result<(
         tx,
         recorder: events::Recorder::new(client.clone(), "default-scheduler"),
         tie: 0,
+        nominated: Default::default(),
+        awaiting_pods: HashSet::new(),
     };
     let result = loop {
         // Take in everything the watches have, then schedule one pod.
@@ -273,7 +284,7 @@ impl State {
             }
             let info = PodInfo::from_pod(&p);
             if let Some(old) = self.assigned.get(&key) {
-                if old.node == info.node && old.requests == info.requests {
+                if old.node == info.node && old.requests == info.requests && old.meta == info.meta {
                     return;
                 }
                 self.unassign(&key);
@@ -323,12 +334,21 @@ impl State {
     }
 
     fn forget_pending(&mut self, key: &str) {
+        self.nominated.forget(key);
         if let Some(p) = self.pending.remove(key) {
             self.queue.remove(&(-p.priority, p.seq));
         }
     }
 
     fn assign(&mut self, key: String, info: PodInfo) {
+        self.nominated.forget(&key);
+        if !self.awaiting_pods.is_empty() {
+            for k in std::mem::take(&mut self.awaiting_pods) {
+                if self.unschedulable.remove(&k).is_some() {
+                    let _ = self.tx.send(Msg::Retry(k));
+                }
+            }
+        }
         if let Some(n) = self.nodes.get_mut(&info.node) {
             n.add_pod(&info);
         } else {
@@ -376,25 +396,52 @@ impl State {
         let volumes = volumes::VolumeNeeds::load(self.client.as_ref(), &pod)
             .instrument(span.clone())
             .await;
-        let chosen = span.in_scope(|| self.decide(&key, &pod, &volumes));
+        // Only pods whose affinity terms select namespaces by label read anything here.
+        let namespaces = interpod::NamespaceLabels::load(self.client.as_ref(), &pod, &self.nodes)
+            .instrument(span.clone())
+            .await;
+        let chosen = span.in_scope(|| self.decide(&key, &pod, &volumes, &namespaces));
         if let Some(node) = chosen {
             self.bind(key, pod, node, volumes, span).await;
+        } else {
+            self.preempt(&key, &pod, &volumes, &namespaces)
+                .instrument(span)
+                .await;
         }
     }
 
     /// Filters and scores the nodes for one pod; assumes it onto the best node, or reports it
     /// unschedulable.
-    fn decide(&mut self, key: &str, pod: &Value, volumes: &volumes::VolumeNeeds) -> Option<String> {
+    fn decide(
+        &mut self,
+        key: &str,
+        pod: &Value,
+        volumes: &volumes::VolumeNeeds,
+        namespaces: &interpod::NamespaceLabels,
+    ) -> Option<String> {
         let info = PodInfo::from_pod(pod);
+        let interpod = interpod::InterPod::new(&info.meta, self.nodes.values(), namespaces);
+        let spread = spread::Spread::new(pod, &info, self.nodes.values());
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut candidates: Vec<&NodeInfo> = Vec::new();
         // Nodes known only from their pods (not yet watched) have no name.
         let mut total = 0;
         for n in self.nodes.values().filter(|n| !n.name.is_empty()) {
             total += 1;
-            let mut r = plugins::filter(pod, &info, n);
+            // Room held for preempting pods of at least this priority counts as taken.
+            let view = self.nominated.node_view(key, info.meta.priority, n);
+            let viewed = view.as_ref().unwrap_or(n);
+            let mut r = plugins::filter(pod, &info, viewed);
             if r.is_empty() && !volumes.is_empty() {
                 r.extend(volumes.filter(n));
+            }
+            if r.is_empty() {
+                r.extend(
+                    spread
+                        .filter(n)
+                        .or_else(|| interpod.filter(n))
+                        .map(String::from),
+                );
             }
             if r.is_empty() {
                 candidates.push(n);
@@ -407,6 +454,9 @@ impl State {
         if candidates.is_empty() {
             let message = plugins::unschedulable_message(total, &reasons);
             debug!(%message, "unschedulable");
+            if spread.has_hard() || reasons.contains_key(interpod::AFFINITY_MISMATCH) {
+                self.awaiting_pods.insert(key.to_string());
+            }
             if volumes.is_empty() {
                 self.unschedulable
                     .insert(key.to_string(), pod_scheduling_inputs(pod));
@@ -434,10 +484,16 @@ impl State {
                     .unwrap_or(0)
             })
             .unwrap_or(0);
+        let all_nodes = || self.nodes.values();
+        let interpod_scores = interpod.scores(&candidates, all_nodes());
+        let spread_scores = spread.scores(&candidates, all_nodes());
         let mut best_score = i64::MIN;
         let mut best: Vec<usize> = Vec::new();
         for (i, n) in candidates.iter().enumerate() {
-            let s = plugins::score(pod, &info, n, max_owner);
+            // Upstream's default weights: InterPodAffinity 2, PodTopologySpread 2.
+            let s = plugins::score(pod, &info, n, max_owner)
+                + 2 * interpod_scores.as_ref().map_or(0, |v| v[i])
+                + 2 * spread_scores.as_ref().map_or(0, |v| v[i]);
             if s > best_score {
                 best_score = s;
                 best.clear();

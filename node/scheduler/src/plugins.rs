@@ -74,7 +74,7 @@ pub fn toleration_matches(t: &Value, key: &str, value: &str, effect: &str) -> bo
     }
 }
 
-fn untolerated_taint(pod: &Value, node: &NodeInfo) -> Option<String> {
+pub(crate) fn untolerated_taint(pod: &Value, node: &NodeInfo) -> Option<String> {
     node.taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
@@ -82,7 +82,7 @@ fn untolerated_taint(pod: &Value, node: &NodeInfo) -> Option<String> {
         .map(|t| format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value))
 }
 
-fn matches_node_selector(pod: &Value, node: &NodeInfo) -> bool {
+pub(crate) fn matches_node_selector(pod: &Value, node: &NodeInfo) -> bool {
     if let Some(sel) = pod["spec"]["nodeSelector"].as_object() {
         for (k, v) in sel {
             if node.labels.get(k) != Some(v) {
@@ -242,6 +242,30 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"name": "c"}], "tolerations": [
             {"key": "dedicated", "operator": "Exists"}]}});
         assert!(filter(&pod, &info, &n).is_empty());
+    }
+
+    #[test]
+    fn extended_resources_fit_like_any_other() {
+        let mut n = node(json!({"metadata": {"name": "n"},
+            "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10", "example.com/gpu": "2"}}}));
+        let gpus = |count: &str| {
+            json!({"spec": {"containers": [{"name": "c", "resources": {
+                "requests": {"example.com/gpu": count}, "limits": {"example.com/gpu": count}}}]}})
+        };
+        let two = gpus("2");
+        assert!(filter(&two, &PodInfo::from_pod(&two), &n).is_empty());
+        n.add_pod(&PodInfo::from_pod(&gpus("1")));
+        assert_eq!(
+            filter(&two, &PodInfo::from_pod(&two), &n),
+            vec!["Insufficient example.com/gpu"]
+        );
+        let plain = node(json!({"metadata": {"name": "cpu-only"},
+            "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "10"}}}));
+        let one = gpus("1");
+        assert_eq!(
+            filter(&one, &PodInfo::from_pod(&one), &plain),
+            vec!["Insufficient example.com/gpu"]
+        );
     }
 
     #[test]
