@@ -207,9 +207,10 @@ impl VolumeNeeds {
                 .as_ref()
                 .is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
             if !delayed {
-                out.needs.push(ClaimNeed::Blocked(
-                    "pod has unbound immediate PersistentVolumeClaims".into(),
-                ));
+                // Upstream keeps the pod Pending ("pod has unbound immediate
+                // PersistentVolumeClaims") until the claim binds. With no dynamic provisioner in
+                // k3rs yet such a claim may never bind (StatefulSet claims without a made-up PV),
+                // so its pods are scheduled anyway, as before this filter existed.
                 continue;
             }
             let provisioned = class
