@@ -51,6 +51,9 @@ impl Nominations {
     /// `node` as a pod (`key`, `priority`) must see it: with the pods nominated to it that are
     /// at least as important, other than itself. None when there are none (use the node as is).
     pub fn node_view(&self, key: &str, priority: i64, node: &NodeInfo) -> Option<NodeInfo> {
+        if self.by_node.is_empty() {
+            return None;
+        }
         let pods = self.by_node.get(&node.name)?;
         let mut view: Option<NodeInfo> = None;
         for (k, p) in pods {
