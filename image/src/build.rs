@@ -371,14 +371,25 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
     let esp = work.join("esp.img");
     make_esp(o, &bd, &esp)?;
 
-    info!("[7/7] GPT disk {}", o.out.display());
+    let qcow2 = is_qcow2(&o.out);
+    // qcow2: the raw disk is assembled in the work dir and converted at the end.
+    let raw = if qcow2 {
+        work.join("disk.raw")
+    } else {
+        o.out.clone()
+    };
+    info!("[7/7] GPT disk {}", raw.display());
     let parts = [
         ("ESP", "ef00", b.disk.esp_mib, Some(esp)),
         ("rootA", "8300", b.disk.root_mib, Some(slot_a)),
         ("rootB", "8300", b.disk.root_mib, Some(slot_b)),
         ("data", "8300", b.disk.data_mib, None),
     ];
-    assemble_gpt(&o.out, &parts)?;
+    assemble_gpt(&raw, &parts)?;
+    if qcow2 {
+        info!("      qemu-img convert -O qcow2 {}", o.out.display());
+        convert_to_qcow2(&raw, &o.out)?;
+    }
     io("writing the inputs stamp", std::fs::write(&stamp, &digest))?;
     let _ = std::fs::remove_dir_all(&work);
     let out = output_of(o, false);
@@ -391,6 +402,24 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
         allocated as f64 / MIB as f64
     );
     Ok(out)
+}
+
+/// Whether `--out` asks for qcow2 (by extension).
+pub fn is_qcow2(out: &Path) -> bool {
+    out.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("qcow2"))
+}
+
+/// Converts a raw disk to qcow2 with `qemu-img convert` (zero clusters, such as the blank data
+/// partition, are left unallocated). The output is a function of the raw bytes only: qcow2
+/// headers carry no timestamps or random ids, so reproducible in, reproducible out.
+pub fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(out))?;
+    Ok(())
 }
 
 /// Bytes actually allocated on disk (the data partition is a hole until first boot).

@@ -7,4 +7,7 @@ pub mod board;
 mod build;
 pub mod cpio;
 
-pub use build::{allocated_bytes, build, inputs_digest, BuildOptions, BuildOutput, ImageError};
+pub use build::{
+    allocated_bytes, build, convert_to_qcow2, inputs_digest, is_qcow2, BuildOptions, BuildOutput,
+    ImageError,
+};

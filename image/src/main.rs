@@ -13,7 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a raw GPT disk image.
+    /// Build a GPT disk image: raw, or qcow2 when `--out` ends in `.qcow2` (converted with
+    /// `qemu-img convert`).
     Build {
         #[arg(long)]
         board: PathBuf,
