@@ -19,6 +19,9 @@ pub type Query = HashMap<String, String>;
 pub enum Part {
     Main,
     Status,
+    /// Spec and status in one write: only for subresources the server implements itself
+    /// (`pods/binding` sets nodeName and PodScheduled together, as upstream's binding REST does).
+    Both,
 }
 
 /// The request's target, resolved against the index.
@@ -794,6 +797,7 @@ pub async fn write_update(
                 // Status writers may still touch labels/annotations? Upstream: no. Keep old metadata.
                 obj = merged;
             }
+            Part::Both => {}
         }
     }
     if obj.pointer("/metadata/generation").is_some() && meta::spec_changed(old, &obj) {

@@ -65,17 +65,10 @@ pub async fn bind_pod(
     conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
     new["status"]["conditions"] = json!(conds);
     objects::set_type_meta(&pods, &mut new);
-    // Binding changes spec and status at once; write through the status path after the spec.
+    // One write for spec and status: every watcher sees the bound pod once.
     let mut q = Query::new();
     q.insert("fieldManager".into(), "scheduler".into());
-    let mut spec_only = new.clone();
-    spec_only["status"] = old["status"].clone();
-    let w =
-        objects::write_update(api, &pt, &old, kv.mod_revision, spec_only, Part::Main, &q).await?;
-    let rev: i64 = crate::meta::resource_version(&w.object)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(kv.mod_revision);
-    objects::write_update(api, &pt, &w.object, rev, new, Part::Status, &q).await?;
+    objects::write_update(api, &pt, &old, kv.mod_revision, new, Part::Both, &q).await?;
     Ok(success_status(None))
 }
 
