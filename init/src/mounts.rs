@@ -166,6 +166,44 @@ pub fn apply_sysctls(sys: &dyn Sys, sysctls: &[(&str, &str)]) -> usize {
     failed
 }
 
+/// Mount points at or below `under` from `/proc/self/mountinfo` text, deepest first (the order
+/// to unmount them in). Containers leave overlay roots, volumes and namespace files mounted below
+/// the data directory; the data partition only unmounts once they are gone.
+pub fn mounts_below(mountinfo: &str, under: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| std::path::PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(under))
+        .collect();
+    // Later mounts stack on earlier ones at the same point: unmount in reverse mount order,
+    // deeper paths before their parents.
+    out.reverse();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +251,28 @@ mod tests {
             );
         let enabled = enable_cgroup_controllers(&sys, Path::new("/sys/fs/cgroup"));
         assert_eq!(enabled, vec!["cpu", "io", "memory", "pids"]);
+    }
+
+    #[test]
+    fn mounts_below_deepest_first() {
+        let mi = "22 1 254:2 / / ro - erofs /dev/vda2 ro\n\
+30 22 254:4 / /var/lib/k3rs rw - ext4 /dev/vda4 rw\n\
+31 30 0:40 / /var/lib/k3rs/agent/containers/a/rootfs rw - overlay overlay rw\n\
+32 30 0:41 / /var/lib/k3rs/agent/pods/u/volumes/my\\040vol rw - tmpfs tmpfs rw\n\
+33 31 0:42 / /var/lib/k3rs/agent/containers/a/rootfs/dev/shm rw - tmpfs shm rw\n\
+34 22 0:43 / /var/lib/k3rs-other rw - tmpfs t rw\n\
+35 22 0:44 / /run rw - tmpfs run rw\n";
+        let m = mounts_below(mi, Path::new("/var/lib/k3rs"));
+        let s: Vec<String> = m.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            s,
+            vec![
+                "/var/lib/k3rs/agent/containers/a/rootfs/dev/shm",
+                "/var/lib/k3rs/agent/pods/u/volumes/my vol",
+                "/var/lib/k3rs/agent/containers/a/rootfs",
+                "/var/lib/k3rs",
+            ]
+        );
     }
 
     #[test]

@@ -1145,7 +1145,17 @@ fn shutdown(child: Option<Running>, halt: Halt, mounted: &[PathBuf]) -> ! {
     }
     nix::unistd::sync();
     let mut clean = true;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for m in mounted.iter().rev() {
+        // What containers left mounted below it first (detached if still busy).
+        for sub in mounts::mounts_below(&mountinfo, m)
+            .into_iter()
+            .filter(|s| s != m)
+        {
+            if nix::mount::umount(&sub).is_err() {
+                let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         if let Err(e) = nix::mount::umount(m) {
             clean = false;
             warn!(target = %m.display(), error = %e, "unmount failed; remounting read-only");
