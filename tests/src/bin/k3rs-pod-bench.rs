@@ -14,7 +14,12 @@
 //!    `k3rs shim` process of this data dir, `/proc/<pid>/smaps_rollup`) per pod, and the drop of
 //!    the host's MemAvailable per pod (shim + sandbox + container + kernel objects: veth, netns,
 //!    overlay mount, cgroups);
-//! 4. deletes the pods and reports the time until the watch saw the last one deleted.
+//! 4. deletes the pods and reports the time until the watch saw the last one deleted;
+//! 5. cold pull: removes `busybox:test` from the node's store (`k3rs images rm`, so no layer is
+//!    left), starts Debian's docker-registry in the node's network namespace, pushes the busybox
+//!    image to it and reports create → Running of one pod pulling it from `127.0.0.1:5000`;
+//! 6. runs `runtime-bench` (k3rs-runtime's binary, next to the k3rs binary; built when missing):
+//!    container start latency of our runtime against runc and crun on the same OCI bundle.
 //!
 //! ```text
 //! cargo build --release -p k3rs
@@ -68,6 +73,9 @@ struct Args {
     /// profiler).
     #[arg(long, default_value = "0", value_parser = k3rs_e2e::parse_seconds)]
     hold: Duration,
+    /// Containers started per runtime in the runtime comparison (0 skips it).
+    #[arg(long, default_value_t = 50)]
+    runtime_runs: usize,
 }
 
 fn pod_name(i: usize) -> String {
@@ -325,11 +333,107 @@ fn run(args: &Args) -> Result<()> {
     );
 
     let c = Cluster::start_node()?;
-    let result = measure(&c, args);
+    let result = measure(&c, args).and_then(|()| cold_pull(&c, args));
     if let Some(dest) = std::env::var_os("K3RS_POD_BENCH_LOG") {
         let _ = std::fs::write(&dest, c.log());
     }
-    result
+    drop(c);
+    result?;
+    runtime_comparison(args)
+}
+
+/// create → Running of one pod whose image is pulled from a local registry with no layer of it
+/// in the node's store.
+fn cold_pull(c: &Cluster, args: &Args) -> Result<()> {
+    const PORT: u16 = 5000;
+    let rm = std::process::Command::new(&args.k3rs)
+        .args(["images", "rm", "busybox:test", "--data-dir"])
+        .arg(c.data_dir())
+        .output()
+        .context("k3rs images rm")?;
+    let layers_left = !rm.status.success();
+    if layers_left {
+        println!(
+            "cold pull: busybox:test could not be removed ({}); its layers stay cached",
+            String::from_utf8_lossy(&rm.stderr).trim()
+        );
+    }
+    let registry = k3rs_e2e::registry::Registry::start(c, PORT, None)?;
+    registry.push_busybox("bench/busybox:cold", None)?;
+    let (_watch, events) = start_watch(c)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: cold-pull, labels: {{app: {LABEL}}}}}\n\
+         spec:\n  terminationGracePeriodSeconds: {}\n  containers:\n  \
+         - {{name: sleep, image: \"127.0.0.1:{PORT}/bench/busybox:cold\", \
+         command: [\"sleep\", \"86400\"]}}\n",
+        args.grace
+    );
+    c.kubectl_stdin(None, &["create", "-f", "-"], &yaml)
+        .context("creating the cold-pull pod")?;
+    let created = Instant::now();
+    let deadline = created + args.timeout;
+    let running = loop {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Running(name, t)) if name == "cold-pull" => break t,
+            Ok(Event::Ended(why)) => bail!("{why}"),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the watch thread ended"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the cold-pull pod did not run: {}",
+                c.ok(&["describe", "pod", "cold-pull"]).unwrap_or_default()
+            );
+        }
+    };
+    println!();
+    println!(
+        "cold pull: create → Running of 1 pod, image 127.0.0.1:{PORT}/bench/busybox:cold from docker-registry{}: {}",
+        if layers_left { " (layers cached)" } else { " (no layer cached)" },
+        ms(running.saturating_duration_since(created))
+    );
+    let _ = c.ok(&["delete", "pod", "cold-pull", "--wait=true"]);
+    Ok(())
+}
+
+/// Runs k3rs-runtime's `runtime-bench`: our runtime against runc and crun on one bundle.
+fn runtime_comparison(args: &Args) -> Result<()> {
+    if args.runtime_runs == 0 {
+        return Ok(());
+    }
+    let bench = args
+        .k3rs
+        .parent()
+        .context("the k3rs binary has no directory")?
+        .join("runtime-bench");
+    if !bench.exists() {
+        println!("building {} ...", bench.display());
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "k3rs-runtime",
+                "--bin",
+                "runtime-bench",
+            ])
+            .status()
+            .context("cargo build runtime-bench")?;
+        if !st.success() || !bench.exists() {
+            bail!("could not build {}", bench.display());
+        }
+    }
+    println!();
+    let st = std::process::Command::new(&bench)
+        .arg(args.runtime_runs.to_string())
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    if !st.success() {
+        bail!("{} failed: {st}", bench.display());
+    }
+    Ok(())
 }
 
 fn measure(c: &Cluster, args: &Args) -> Result<()> {

@@ -1,5 +1,6 @@
-//! Container start latency of k3rs-runtime (shim + libcontainer) against `runc run` on the same
-//! bundle, and the shim's memory. Needs root and /bin/busybox (busybox-static).
+//! Container start latency of k3rs-runtime (shim + libcontainer) against `runc run` and
+//! `crun run` (Debian's) on the same bundle, and the shim's memory. `k3rs-pod-bench` runs this
+//! binary for its runtime comparison. Needs root and /bin/busybox (busybox-static).
 //!
 //! `cargo run --release -p k3rs-runtime --bin runtime-bench -- [N]`
 
@@ -42,6 +43,21 @@ fn rootfs(dir: &Path) -> Result<std::path::PathBuf> {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a))?;
     }
     Ok(root)
+}
+
+/// `program` in a private mount namespace where /sys/fs/cgroup/unified is unmounted.
+fn hybrid_wrapper(program: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "umount /sys/fs/cgroup/unified && exec \"$0\" \"$@\"",
+        program,
+    ]);
+    cmd
 }
 
 fn stats(name: &str, mut v: Vec<Duration>) {
@@ -116,34 +132,76 @@ fn run(dir: &Path, n: usize) -> Result<()> {
     stats("k3rs: create -> exited (state file)", to_exited);
     stats("k3rs: create -> exited -> removed", to_removed);
 
-    // runc on the same bundle (same spec: sandbox namespaces, cgroups path).
-    if Path::new("/usr/sbin/runc").exists() {
-        let runc_root = dir.join("runc-state");
+    // runc and crun on the same bundle (same spec: sandbox namespaces, cgroups path).
+    for (name, bin) in [("runc", "/usr/sbin/runc"), ("crun", "/usr/bin/crun")] {
+        if !Path::new(bin).exists() {
+            println!("{name}: not installed (tests/install-runtime-deps.sh), skipped");
+            continue;
+        }
+        let version = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let version = version
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or("?")
+            .to_string();
+        let state_root = dir.join(format!("{name}-state"));
         let mut times = Vec::new();
-        for i in 0..n {
-            let id = format!("runc-{i}");
+        // crun refuses cgroup v1 hybrid hosts whose v2 hierarchy has a controller (CI machines:
+        // hugetlb): there it runs in a private mount namespace without the v2 mount, so it
+        // manages v1 cgroups like runc. The wrapper's own cost is measured and printed.
+        let mut wrapped = false;
+        let mut i = 0;
+        while i < n {
+            let id = format!("{name}-{i}-{wrapped}");
             let bundle = dir.join("bundles").join(&id);
             std::fs::create_dir_all(&bundle)?;
             k3rs_runtime::spec::build(&sb, &cfg(id.clone(), &["/bin/true"]))?
                 .save(bundle.join("config.json"))?;
-            let t = Instant::now();
-            let st = Command::new("/usr/sbin/runc")
-                .arg("--root")
-                .arg(&runc_root)
+            let mut cmd = if wrapped {
+                hybrid_wrapper(bin)
+            } else {
+                Command::new(bin)
+            };
+            cmd.arg("--root")
+                .arg(&state_root)
                 .args(["run", "-b"])
                 .arg(&bundle)
                 .arg(&id)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .status()?;
-            times.push(t.elapsed());
-            if !st.success() {
-                bail!("runc run {id}: {st}");
+                .stderr(Stdio::piped());
+            let t = Instant::now();
+            let out = cmd.output()?;
+            let elapsed = t.elapsed();
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if name == "crun" && i == 0 && !wrapped && stderr.contains("hybrid") {
+                    wrapped = true;
+                    continue;
+                }
+                bail!("{name} run {id}: {}: {stderr}", out.status);
             }
+            times.push(elapsed);
+            i += 1;
         }
-        stats("runc 1.1 `runc run` (create -> exited -> deleted)", times);
-    } else {
-        println!("runc: not installed (tests/install-runtime-deps.sh), skipped");
+        let label = format!("{name} {version} `{name} run` (create -> exited -> deleted)");
+        if wrapped {
+            stats(&format!("{label} incl. wrapper"), times);
+            let mut overhead = Vec::new();
+            for _ in 0..n {
+                let t = Instant::now();
+                hybrid_wrapper("/bin/true").status()?;
+                overhead.push(t.elapsed());
+            }
+            stats("  (of which the unshare -m wrapper alone)", overhead);
+        } else {
+            stats(&label, times);
+        }
     }
 
     // Memory of one shim supervising a sleeping container.
