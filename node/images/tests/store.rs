@@ -261,3 +261,54 @@ async fn pulls_from_a_local_registry_once_for_concurrent_callers() {
         other => panic!("expected a pull error, got {other:?}"),
     }
 }
+
+/// A disk that reports whatever the test says.
+struct FakeDisk(std::sync::Mutex<k3rs_images::gc::DiskUsage>);
+
+impl k3rs_images::gc::DiskUsageSource for FakeDisk {
+    fn usage(&self, _: &Path) -> std::io::Result<k3rs_images::gc::DiskUsage> {
+        Ok(*self.0.lock().unwrap())
+    }
+}
+
+#[test]
+fn garbage_collection_spares_images_in_use_and_shared_layers() {
+    require_root!();
+    use k3rs_images::gc::{DiskUsage, GcPolicy};
+    let (tmp, s) = store();
+    let base = common::busybox_layer();
+    let extra = Layer::new().file("etc/motd", 0o644, b"hi\n").build();
+    let used = tmp.path().join("used.tar");
+    common::write_oci_archive(&used, "k3rs.test/used:1", std::slice::from_ref(&base));
+    let unused = tmp.path().join("unused.tar");
+    common::write_oci_archive(&unused, "k3rs.test/unused:1", &[base.clone(), extra]);
+    s.import_archive(&used).unwrap();
+    s.import_archive(&unused).unwrap();
+    s.prepare_rootfs("k3rs.test/used:1", "c1").unwrap();
+    let policy = GcPolicy {
+        min_age: Duration::ZERO,
+        ..Default::default()
+    };
+    let disk = FakeDisk(std::sync::Mutex::new(DiskUsage {
+        capacity: 100 << 20,
+        available: 20 << 20,
+    }));
+    // 80% used: below the high threshold (85%), nothing goes.
+    assert!(s.collect_garbage(policy, &disk).unwrap().is_empty());
+    *disk.0.lock().unwrap() = DiskUsage {
+        capacity: 100 << 20,
+        available: 5 << 20,
+    };
+    let removed = s.collect_garbage(policy, &disk).unwrap();
+    assert_eq!(removed, vec!["k3rs.test/unused:1"]);
+    assert!(s.get("k3rs.test/used:1").unwrap().is_some());
+    // The shared busybox layer stays; the unused image's own layer is gone.
+    assert_eq!(count(&s.root().join("layers")), 1);
+    // rm of an image a container uses is refused, like crictl rmi.
+    match s.remove_unused("k3rs.test/used:1") {
+        Err(Error::InUse { containers, .. }) => assert_eq!(containers, vec!["c1"]),
+        other => panic!("{other:?}"),
+    }
+    s.release_rootfs("c1").unwrap();
+    s.remove_unused("k3rs.test/used:1").unwrap();
+}
