@@ -659,8 +659,8 @@ impl Pods {
 
     async fn ensure_image(
         &self,
-        image: &str,
         pod: &Value,
+        image: &str,
         policy: &str,
     ) -> Result<k3rs_images::Image, (String, String)> {
         let have = self.images.get(image).ok().flatten();
@@ -677,7 +677,6 @@ impl Pods {
                 )
             });
         }
-        let lock = {
         let (_, _, uid) = pod_key(pod);
         if let Some(last) = self.pull_backoff.waiting(&uid, image) {
             return Err((
@@ -685,6 +684,7 @@ impl Pods {
                 format!("Back-off pulling image \"{image}\": ErrImagePull: {last}"),
             ));
         }
+        let lock = {
             let mut map = self.pulling.lock().expect("pull map");
             map.entry(image.to_string()).or_default().clone()
         };
@@ -1304,6 +1304,7 @@ impl Pods {
     /// and the pod's log directory (as the kubelet does once a pod is gone).
     async fn teardown(&self, pod: &Value, grace: Duration) {
         let (ns, name, uid) = pod_key(pod);
+        self.pull_backoff.forget_pod(&uid);
         let pod_logs = self.cfg.logs_root().join(format!("{ns}_{name}_{uid}"));
         // preStop hooks run first, within the grace period; the stop signal gets what is left.
         let grace = self.prober.pre_stop_pod(pod, grace).await;
@@ -1312,7 +1313,6 @@ impl Pods {
         let network = self.cfg.network.clone();
         let uid2 = uid.clone();
         self.blocking(move |rt| {
-        self.pull_backoff.forget_pod(&uid);
             let containers: Vec<_> = rt
                 .list()
                 .unwrap_or_default()
