@@ -4,8 +4,8 @@
 
 pub mod fake_kubelet;
 pub mod images;
-
 pub mod registry;
+
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
