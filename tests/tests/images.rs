@@ -195,3 +195,32 @@ fn pulls_through_mirrors_and_pull_secrets() -> anyhow::Result<()> {
     wait_running(&c, "viasa");
     Ok(())
 }
+
+/// A registries.yaml that does not parse is reported with its file and line; the node still
+/// starts and runs pods (no mirrors).
+#[test]
+fn a_broken_registries_yaml_is_logged_and_ignored() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipping: the kubelet needs root");
+        return Ok(());
+    }
+    let conf = tempfile::tempdir()?;
+    let registries = conf.path().join("registries.yaml");
+    std::fs::write(&registries, "mirrors:\n  docker.io:\n    endpoint: 5\n")?;
+    let c = Cluster::start_node_with(&["--private-registry", registries.to_str().unwrap()])?;
+    c.ok(&[
+        "run",
+        "still-runs",
+        "--image=busybox:test",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    wait_running(&c, "still-runs");
+    let log = c.log();
+    let expected = format!("{}:3:", registries.display());
+    assert!(log.contains(&expected), "no {expected} in the log:\n{log}");
+    Ok(())
+}
