@@ -268,6 +268,8 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
     let confined = output_of(&c, "confined")?;
     assert_eq!(status_field(&confined, "NoNewPrivs"), "1", "{confined}");
     assert_eq!(status_field(&confined, "Seccomp"), "2", "{confined}");
+    // Deleted, so their pod cgroups do not outlive the test on the host.
+    c.ok(&["delete", "pods", "--all", "--timeout=60s"])?;
     Ok(())
 }
 
@@ -294,6 +296,7 @@ fn memory_hog_is_oom_killed() -> anyhow::Result<()> {
     assert_eq!(t["reason"], "OOMKilled", "{pod:#}");
     assert_eq!(t["exitCode"], 137, "{pod:#}");
     assert_eq!(pod["status"]["phase"], "Failed");
+    c.ok(&["delete", "pod", "hog", "--timeout=60s"])?;
     Ok(())
 }
 
