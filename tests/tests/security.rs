@@ -133,9 +133,9 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
         script_pod(
             "podlevel",
             &node,
-            "  hostPID: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ping_group_range, value: \"0 4242\"}]\n",
+            "  hostPID: true\n  hostIPC: true\n  securityContext:\n    sysctls: [{name: net.ipv4.ping_group_range, value: \"0 4242\"}]\n",
             "",
-            "cat /proc/sys/net/ipv4/ping_group_range; cat /proc/1/comm",
+            "cat /proc/sys/net/ipv4/ping_group_range; cat /proc/1/comm; ls -l /proc/self/ns/ipc",
         ),
         script_pod(
             "defaults",
@@ -253,6 +253,15 @@ fn security_context_reaches_the_process() -> anyhow::Result<()> {
     );
     let host_init = std::fs::read_to_string("/proc/1/comm")?;
     assert_eq!(lines.next(), Some(host_init.trim()), "{podlevel}");
+    // hostIPC: the host's IPC namespace (`ls -l` shows the link's target, ipc:[inode]).
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc")?;
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.ends_with(&*host_ipc.to_string_lossy())),
+        "{podlevel} vs {}",
+        host_ipc.display()
+    );
 
     let running = eventually(Duration::from_secs(60), || {
         (phase(&c, "locked") == "Running").then_some(())
