@@ -486,9 +486,17 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         if self.agent {
-            // Containers outlive the node daemon by design: stop this cluster's shims and
-            // unmount its overlays and namespace files so nothing outlives the test.
+            // Containers outlive the node daemon by design. `k3rs killall`, run in the node's
+            // network namespace, stops this data dir's containers and removes their sandboxes,
+            // pod cgroups, overlays and network; the sweep below catches what it could not.
             let data = self.data_dir();
+            if self.netns.is_some() {
+                let _ = self
+                    .command(k3rs_bin())
+                    .arg("killall")
+                    .arg(format!("--data-dir={}", data.display()))
+                    .output();
+            }
             let _ = Command::new("pkill")
                 .args(["-KILL", "-f", &format!("k3rs shim .*{}", data.display())])
                 .status();
