@@ -629,49 +629,14 @@ fn prepare_create_status(rt: &ResourceType, obj: &mut Value) {
         // Nodes, namespaces and PVs may set status on create.
         ("", "Node") | ("", "Namespace") | ("", "PersistentVolume") => {}
         ("", "Pod") => {
-            obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
+            obj["status"] =
+                json!({"phase": "Pending", "qosClass": k3rs_resources::qos::pod_qos_class(obj)});
         }
         _ => {
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
         }
-    }
-}
-
-/// Pod QoS class from container requests and limits.
-pub fn qos_class(pod: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .flat_map(|k| {
-            pod.pointer(&format!("/spec/{k}"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .collect();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        for res in ["cpu", "memory"] {
-            let req = c.pointer(&format!("/resources/requests/{res}"));
-            let lim = c.pointer(&format!("/resources/limits/{res}"));
-            if req.is_some() || lim.is_some() {
-                any = true;
-            }
-            match (req, lim) {
-                (_, None) => guaranteed = false,
-                (Some(r), Some(l)) if r != l => guaranteed = false,
-                _ => {}
-            }
-        }
-    }
-    if guaranteed && any {
-        "Guaranteed"
-    } else if any {
-        "Burstable"
-    } else {
-        "BestEffort"
     }
 }
 
@@ -1360,26 +1325,6 @@ mod tests {
         assert_eq!(
             obj,
             json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}})
-        );
-    }
-
-    #[test]
-    fn qos_classes() {
-        assert_eq!(
-            qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})),
-            "BestEffort"
-        );
-        assert_eq!(
-            qos_class(
-                &json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}})
-            ),
-            "Burstable"
-        );
-        assert_eq!(
-            qos_class(
-                &json!({"spec": {"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]}})
-            ),
-            "Guaranteed"
         );
     }
 }

@@ -2,41 +2,21 @@
 //! entrypoint/cmd and `$(VAR)` expansion), environment (image, env, envFrom, valueFrom), user,
 //! securityContext, cgroup limits, and the pod's QoS class and pod-level cgroup.
 
+use k3rs_resources::quantity::Quantity;
 use k3rs_runtime::{PodCgroup, QosClass, Resources, SeccompProfile, Security};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Parses a CPU quantity ("250m", "1", "0.5") into millicores.
 pub fn cpu_millis(q: &str) -> Option<u64> {
-    let q = q.trim();
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    let v: f64 = q.parse().ok()?;
-    Some((v * 1000.0).round() as u64)
+    let m = Quantity::parse(q.trim()).ok()?.milli();
+    u64::try_from(m).ok()
 }
 
-/// Parses a memory quantity ("128Mi", "1G", "500000", "1.5Gi") into bytes.
+/// Parses a memory quantity ("128Mi", "1G", "500000", "1.5Gi") into bytes (rounded up).
 pub fn memory_bytes(q: &str) -> Option<i64> {
-    let q = q.trim();
-    const SUFFIXES: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("m", 1e-3),
-    ];
-    for (s, mul) in SUFFIXES {
-        if let Some(n) = q.strip_suffix(s) {
-            let v: f64 = n.parse().ok()?;
-            return Some((v * mul) as i64);
-        }
-    }
-    q.parse::<f64>().ok().map(|v| v as i64)
+    let v = Quantity::parse(q.trim()).ok()?.value();
+    i64::try_from(v).ok()
 }
 
 /// Expands `$(VAR)` references like upstream: unknown references stay as written, `$$` escapes.
@@ -255,30 +235,13 @@ fn container_resources(c: &Value) -> ContainerResources {
     }
 }
 
-/// `status.qosClass`, as upstream's `GetPodQOS`: BestEffort without any CPU/memory request or
-/// limit; Guaranteed when every container limits both and the summed requests equal the
-/// summed limits; Burstable otherwise.
+/// The pod's QoS class (k3rs-resources computes it for the API server too) as the runtime's
+/// cgroup parent.
 pub fn qos_class(pod: &Value) -> QosClass {
-    let (mut any, mut guaranteed) = (false, true);
-    let (mut req_cpu, mut req_mem, mut lim_cpu, mut lim_mem) = (0u64, 0i64, 0u64, 0i64);
-    for (_, c) in containers_of(pod) {
-        let r = container_resources(c);
-        any |= r.cpu_request.is_some()
-            || r.memory_request.is_some()
-            || r.cpu_limit.is_some()
-            || r.memory_limit.is_some();
-        guaranteed &= r.cpu_limit.is_some() && r.memory_limit.is_some();
-        req_cpu += r.cpu_request.unwrap_or(0);
-        req_mem += r.memory_request.unwrap_or(0);
-        lim_cpu += r.cpu_limit.unwrap_or(0);
-        lim_mem += r.memory_limit.unwrap_or(0);
-    }
-    if !any {
-        QosClass::BestEffort
-    } else if guaranteed && req_cpu == lim_cpu && req_mem == lim_mem {
-        QosClass::Guaranteed
-    } else {
-        QosClass::Burstable
+    match k3rs_resources::qos::pod_qos_class(pod) {
+        k3rs_resources::qos::GUARANTEED => QosClass::Guaranteed,
+        k3rs_resources::qos::BURSTABLE => QosClass::Burstable,
+        _ => QosClass::BestEffort,
     }
 }
 
@@ -484,43 +447,6 @@ mod tests {
             &json!({"resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "100m"}}}),
         );
         assert_eq!((mem, cpu, shares), (Some(64 << 20), Some(500), Some(102)));
-    }
-
-    #[test]
-    fn qos_classes_as_upstream() {
-        let pod = |containers: Value| json!({"spec": {"containers": containers}});
-        assert_eq!(
-            qos_class(&pod(json!([{"name": "a"}]))),
-            QosClass::BestEffort
-        );
-        let both = json!({"limits": {"cpu": "100m", "memory": "64Mi"}});
-        // Requests default to limits.
-        assert_eq!(
-            qos_class(&pod(json!([{"resources": both}, {"resources": both}]))),
-            QosClass::Guaranteed
-        );
-        assert_eq!(
-            qos_class(&pod(json!([{"resources": both}, {}]))),
-            QosClass::Burstable
-        );
-        assert_eq!(
-            qos_class(&pod(
-                json!([{"resources": {"requests": {"memory": "10Mi"}}}])
-            )),
-            QosClass::Burstable
-        );
-        assert_eq!(
-            qos_class(&pod(json!([{"resources": {
-                "limits": {"cpu": "1", "memory": "64Mi"},
-                "requests": {"cpu": "500m", "memory": "64Mi"}
-            }}]))),
-            QosClass::Burstable
-        );
-        // Zero quantities do not count.
-        assert_eq!(
-            qos_class(&pod(json!([{"resources": {"requests": {"cpu": "0"}}}]))),
-            QosClass::BestEffort
-        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod quantity;
+pub mod qos;
 pub mod quota;
 pub mod registry;
 
