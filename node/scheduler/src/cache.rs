@@ -13,38 +13,10 @@ pub const DEFAULT_MEMORY_MILLI: i64 = 200 * 1024 * 1024 * 1000;
 
 /// Parses a Kubernetes quantity ("100m", "1.5", "128Mi", "1e3", "2G") into milli-units.
 pub fn parse_quantity_milli(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    const SUFFIXES: [(&str, f64); 14] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-    ];
-    let (num, mult) = if let Some((suffix, m)) = SUFFIXES.iter().find(|(x, _)| s.ends_with(x)) {
-        (&s[..s.len() - suffix.len()], *m)
-    } else if let Some(stripped) = s.strip_suffix('E') {
-        (stripped, 1e18)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.parse().ok()?;
-    if !v.is_finite() {
-        return None;
-    }
-    Some((v * mult * 1000.0).ceil() as i64)
+    let milli = k3rs_resources::quantity::Quantity::parse(s.trim())
+        .ok()?
+        .milli();
+    i64::try_from(milli).ok()
 }
 
 fn quantity_map(v: &Value) -> BTreeMap<String, i64> {
@@ -53,7 +25,7 @@ fn quantity_map(v: &Value) -> BTreeMap<String, i64> {
         for (k, q) in m {
             let parsed = match q {
                 Value::String(s) => parse_quantity_milli(s),
-                Value::Number(n) => n.as_f64().map(|f| (f * 1000.0).ceil() as i64),
+                Value::Number(n) => parse_quantity_milli(&n.to_string()),
                 _ => None,
             };
             if let Some(p) = parsed {
