@@ -23,16 +23,36 @@ pub fn static_k3rs() -> PathBuf {
     target_dir().join("x86_64-unknown-linux-gnu/release/k3rs")
 }
 
+/// Where the static k3rs for the arm64 image is expected (see tests/prepare-appliance-arm64.sh).
+pub fn static_k3rs_arm64() -> PathBuf {
+    target_dir().join("aarch64-unknown-linux-gnu/release/k3rs")
+}
+
 /// The image build options for the x86_64-uefi board with this workspace's inputs.
 pub fn x86_64_options(
     out: &Path,
 ) -> Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError> {
+    board_options("x86_64-uefi", static_k3rs(), out)
+}
+
+/// The image build options for the generic arm64 UEFI board.
+pub fn arm64_options(
+    out: &Path,
+) -> Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError> {
+    board_options("arm64-uefi", static_k3rs_arm64(), out)
+}
+
+fn board_options(
+    board: &str,
+    k3rs_bin: PathBuf,
+    out: &Path,
+) -> Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError> {
     let root = workspace_root();
-    let board_file = root.join("board-configs/x86_64-uefi.toml");
+    let board_file = root.join(format!("board-configs/{board}.toml"));
     Ok(k3rs_image::BuildOptions {
         board: k3rs_image::board::Board::load(&board_file)?,
         board_file,
-        k3rs_bin: static_k3rs(),
+        k3rs_bin,
         rootfs_dir: root.join("rootfs"),
         cache_dir: target_dir().join("appliance-cache"),
         out: out.to_path_buf(),
@@ -47,6 +67,33 @@ pub fn test_user_data(extra: &str) -> String {
     format!(
         "#cloud-config\nhostname: k3rs-test\nk3rs:\n  role: server\n  token: appliance-test-token\n  print-kubeconfig: true\n  extra-args: [\"--tls-san=127.0.0.1\"]\n{extra}"
     )
+}
+
+/// The arm64 image under `qemu-system-aarch64 -M virt -cpu cortex-a72` (TCG; `-cpu max` is
+/// several times slower to boot), direct boot of the kernel's uncompressed `Image`.
+pub fn boot_arm64(
+    built: &k3rs_image::BuildOutput,
+    disk: &Path,
+    seed: Option<&Path>,
+) -> Result<Vm, QemuError> {
+    let mut b = Vm::builder()
+        .qemu("qemu-system-aarch64")
+        .machine("virt")
+        .accel(crate::Accel::Tcg)
+        .arg("-cpu")
+        .arg("cortex-a72")
+        .disk(disk)
+        .direct_boot(DirectBoot {
+            kernel: built.vmlinuz.clone(),
+            initrd: built.initrd.clone(),
+            cmdline: built.cmdline.clone(),
+        })
+        .memory(1024)
+        .hostfwd(6443);
+    if let Some(s) = seed {
+        b = b.seed(s);
+    }
+    b.spawn()
 }
 
 /// A VM builder for the built image: direct kernel boot, 1 GiB, hostfwd for 6443.

@@ -615,30 +615,88 @@ fn run(cmd: &mut Command) -> Result<(), QemuError> {
 
 /// Writes a NoCloud seed: a small vfat volume labelled CIDATA with `user-data` and `meta-data`.
 pub fn make_nocloud_seed(out: &Path, user_data: &str, meta_data: &str) -> Result<(), QemuError> {
+    make_nocloud_seed_with(out, &Seed::new(user_data, meta_data))
+}
+
+/// What goes on a NoCloud seed volume.
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    pub user_data: String,
+    pub meta_data: String,
+    /// `network-config` (v2), if any.
+    pub network_config: Option<String>,
+    /// Image archives (`docker save`/OCI tar) put under `images/`: PID 1 copies them to the
+    /// node's airgap directory.
+    pub images: Vec<PathBuf>,
+}
+
+impl Seed {
+    pub fn new(user_data: &str, meta_data: &str) -> Self {
+        Seed {
+            user_data: user_data.into(),
+            meta_data: meta_data.into(),
+            ..Seed::default()
+        }
+    }
+}
+
+/// Writes a NoCloud seed (vfat, label CIDATA) sized to hold everything in `seed`.
+pub fn make_nocloud_seed_with(out: &Path, seed: &Seed) -> Result<(), QemuError> {
     let dir = out.with_extension("seed-files");
     io("seed dir", std::fs::create_dir_all(&dir))?;
-    io(
-        "user-data",
-        std::fs::write(dir.join("user-data"), user_data),
-    )?;
-    io(
-        "meta-data",
-        std::fs::write(dir.join("meta-data"), meta_data),
-    )?;
+    let mut files = vec![
+        ("user-data", seed.user_data.as_str()),
+        ("meta-data", seed.meta_data.as_str()),
+    ];
+    if let Some(nc) = &seed.network_config {
+        files.push(("network-config", nc.as_str()));
+    }
+    for (name, text) in &files {
+        io(name.to_string(), std::fs::write(dir.join(name), text))?;
+    }
+    let image_bytes: u64 = seed
+        .images
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    // FAT overhead and cluster slack: a quarter extra plus 1 MiB.
+    let kib = 1024 + (image_bytes + image_bytes / 4) / 1024;
     let _ = std::fs::remove_file(out);
     run(Command::new("mkfs.vfat")
         .args(["-C", "-n", "CIDATA"])
         .arg(out)
-        .arg("1024"))?;
-    for f in ["user-data", "meta-data"] {
+        .arg(kib.to_string()))?;
+    for (name, _) in &files {
         run(Command::new("mcopy")
             .arg("-i")
             .arg(out)
-            .arg(dir.join(f))
-            .arg(format!("::{f}")))?;
+            .arg(dir.join(name))
+            .arg(format!("::{name}")))?;
+    }
+    if !seed.images.is_empty() {
+        run(Command::new("mmd").arg("-i").arg(out).arg("::images"))?;
+        for img in &seed.images {
+            let name = img
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            run(Command::new("mcopy")
+                .arg("-i")
+                .arg(out)
+                .arg(img)
+                .arg(format!("::images/{name}")))?;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Grows a disk image (raw or qcow2) to `bytes` with `qemu-img resize`, as a user would.
+pub fn resize(disk: &Path, bytes: u64) -> Result<(), QemuError> {
+    run(Command::new("qemu-img")
+        .args(["resize", "-q"])
+        .arg(disk)
+        .arg(bytes.to_string()))
 }
 
 /// A copy-on-write qcow2 overlay over a raw base image, so a test never dirties the cached build.
