@@ -441,10 +441,11 @@ fn sync_clock(servers: &[String]) -> bool {
             }
         };
         for addr in addrs {
-            let reply = (0..2)
-                .map(|_| sntp::query(addr, Duration::from_secs(1)))
-                .find(|r| !matches!(r, Err(sntp::SntpError::Io { .. })))
-                .unwrap_or_else(|| sntp::query(addr, Duration::from_secs(1)));
+            let mut reply = sntp::query(addr, Duration::from_secs(1));
+            if matches!(reply, Err(sntp::SntpError::Io { .. })) {
+                // One retry: the first datagram after the link came up can be lost (ARP).
+                reply = sntp::query(addr, Duration::from_secs(1));
+            }
             let reply = match reply {
                 Ok(r) => r,
                 Err(e) => {
