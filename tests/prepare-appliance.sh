@@ -27,7 +27,8 @@ if [ "${K3RS_APPLIANCE_ARM64:-}" = 1 ]; then
     dpkg --add-architecture arm64
     apt-get update -qq
   fi
-  pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libseccomp-dev:arm64 qemu-system-arm qemu-efi-aarch64)
+  pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libseccomp-dev:arm64 systemd-boot-efi:arm64
+        qemu-system-arm qemu-efi-aarch64)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

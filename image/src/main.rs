@@ -79,7 +79,12 @@ fn main() -> Result<()> {
     );
     println!(
         "direct boot: -kernel {} -initrd {} -append '{}'",
-        built.vmlinux.display(),
+        // x86: the ELF extracted from the bzImage; arm64: the Image itself.
+        if built.vmlinux.exists() {
+            built.vmlinux.display()
+        } else {
+            built.vmlinuz.display()
+        },
         built.initrd.display(),
         built.cmdline
     );
