@@ -136,6 +136,8 @@ pub struct PodNetwork {
     restored: Mutex<BTreeMap<String, (IpAddr, Vec<HostPort>)>>,
     /// The last table text loaded; rules are only re-applied when it changes.
     rendered: Mutex<String>,
+    /// The bridge's link index, so attaching a pod does not look the bridge up again.
+    bridge_index: Mutex<u32>,
 }
 
 impl PodNetwork {
@@ -149,7 +151,7 @@ impl PodNetwork {
             cfg.pod_cidr.prefix,
             cfg.mtu,
         );
-        link::run(None, move |h| async move {
+        let bridge_index = link::run(None, move |h| async move {
             link::ensure_bridge(&h, &bridge, gw, prefix, mtu).await
         })?;
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -186,6 +188,7 @@ impl PodNetwork {
             pods: Mutex::new(BTreeMap::new()),
             restored: Mutex::new(restored),
             rendered: Mutex::new(String::new()),
+            bridge_index: Mutex::new(bridge_index),
         };
         net.sync_rules()?;
         info!(bridge = %net.cfg.bridge, gateway = %gw, mtu, "pod network ready");
@@ -247,11 +250,25 @@ impl PodNetwork {
             let ns = File::open(netns).map_err(io_err(format!("opening {}", netns.display())))?;
             let (bridge, mtu, host2) = (self.cfg.bridge.clone(), self.cfg.mtu, host.clone());
             let (gw, pre, bprefix) = (gateway, prefix, prefix);
-            link::run(None, move |h| async move {
+            let known_bridge = *self.bridge_index.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = existing.is_some();
+            let bridge_index = link::run(None, move |h| async move {
+                if stale {
+                    link::delete(&h, &host2).await?;
+                }
+                if link::create_veth(&h, &host2, &ns, known_bridge, mtu)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(known_bridge);
+                }
+                // The bridge went away or was re-created (killall, an admin): set it up again.
                 link::delete(&h, &host2).await?;
                 let br = link::ensure_bridge(&h, &bridge, gw, bprefix, mtu).await?;
-                link::create_veth(&h, &host2, &ns, br, mtu).await
+                link::create_veth(&h, &host2, &ns, br, mtu).await?;
+                Ok(br)
             })?;
+            *self.bridge_index.lock().unwrap_or_else(|p| p.into_inner()) = bridge_index;
             let res = link::run(Some(netns.to_path_buf()), move |h| async move {
                 link::configure_pod(&h, ip, pre, gw).await
             });

@@ -162,29 +162,20 @@ pub(crate) async fn create_veth(
         .mtu(mtu)
         .setns_by_fd(peer_ns.as_raw_fd())
         .build();
+    // Enslaved to the bridge and up in the same request that creates it (IFLA_MASTER and
+    // IFF_UP on RTM_NEWLINK): one netlink round trip under the kernel's RTNL lock, not three.
     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(host)
         .mtu(mtu)
+        .controller(bridge)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     h.link()
         .add(msg)
         .execute()
         .await
-        .map_err(nl(format!("creating veth {host}")))?;
-    let idx = index(h, host)
-        .await?
-        .ok_or_else(|| Error::Missing(host.into()))?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(idx)
-                .controller(bridge)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("attaching {host} to the bridge")))
+        .map_err(nl(format!("creating veth {host} on the bridge")))
 }
 
 /// Deletes link `name`; Ok(false) when it did not exist.

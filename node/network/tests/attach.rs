@@ -254,6 +254,17 @@ fn attach_detach_in_test_namespaces() {
     assert!(!table.contains("dnat to"), "{table}");
     assert!(!state_dir.join("hostports/uid-c").exists());
 
+    // The bridge removed behind the network's back (an admin, killall): the next pod
+    // re-creates it instead of failing on the remembered bridge index.
+    ok(&["ip", "link", "del", "cni0"]);
+    let ns_d = nss.add(format!("k3n-{pid}-d"));
+    let d = net.attach("uid-d", &ns_d, &[]).unwrap();
+    let master = ok(&["ip", "-o", "link", "show", &d.host_veth]);
+    assert!(master.contains("master cni0"), "{master}");
+    let addrs = ok(&["ip", "-4", "addr", "show", "cni0"]);
+    assert!(addrs.contains("10.42.3.1/24"), "{addrs}");
+    net.detach("uid-d").unwrap();
+
     cleanup("cni0", &[&ipam_dir, &state_dir]).unwrap();
     assert!(!sh(&["ip", "link", "show", "cni0"]).status.success());
     assert!(!sh(&["nft", "list", "table", "ip", "k3rs-net"])
