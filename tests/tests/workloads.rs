@@ -178,7 +178,8 @@ fn job_completes_when_its_pods_succeed() -> anyhow::Result<()> {
         None,
         &["create", "-f", "-"],
         r#"{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi"},
-        "spec": {"completions": 3, "parallelism": 2, "template": {"spec": {"restartPolicy": "Never",
+        "spec": {"completions": 3, "parallelism": 2, "ttlSecondsAfterFinished": 3,
+        "template": {"spec": {"restartPolicy": "Never",
         "containers": [{"name": "c", "image": "perl"}]}}}}"#,
     )?;
     c.ok(&[
@@ -191,5 +192,89 @@ fn job_completes_when_its_pods_succeed() -> anyhow::Result<()> {
     assert_eq!(j["status"]["succeeded"], 3);
     let pods = c.json(&["get", "pods", "-l", "job-name=pi"])?;
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(3));
+    // ttlSecondsAfterFinished: the finished Job goes, and its pods with it.
+    let cleaned = eventually(Duration::from_secs(30), || {
+        let jobs = c.json(&["get", "jobs"]).ok()?;
+        let pods = c.json(&["get", "pods", "-l", "job-name=pi"]).ok()?;
+        (jobs["items"].as_array()?.is_empty() && pods["items"].as_array()?.is_empty()).then_some(())
+    });
+    assert!(
+        cleaned.is_some(),
+        "the Job and its pods were not cleaned up by TTL"
+    );
+    Ok(())
+}
+
+#[test]
+fn foreground_deletion_removes_replicasets_and_pods_before_the_deployment() -> anyhow::Result<()> {
+    let c = Cluster::start()?;
+    add_node(&c, "node-a", "4")?;
+    let _kubelet = FakeKubelet::start(&c);
+    c.ok(&[
+        "create",
+        "deployment",
+        "fg",
+        "--image=registry.local/web:1",
+        "--replicas=2",
+    ])?;
+    c.ok(&["rollout", "status", "deployment/fg", "--timeout=60s"])?;
+    // A finalizer holds one pod, so the order is observable: the Deployment must wait for it.
+    let pods = c.json(&["get", "pods", "-l", "app=fg"])?;
+    let held = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    c.ok(&[
+        "patch",
+        "pod",
+        &held,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ])?;
+    c.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--wait=false",
+    ])?;
+    let dependents = |c: &Cluster| -> usize {
+        ["rs", "pods"]
+            .iter()
+            .filter_map(|kind| c.json(&["get", kind, "-l", "app=fg"]).ok())
+            .map(|l| l["items"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    // The held pod is being deleted; the Deployment stays, marked for foreground deletion.
+    let waiting = eventually(Duration::from_secs(30), || {
+        let p = c.json(&["get", "pod", &held]).ok()?;
+        p["metadata"]["deletionTimestamp"].is_string().then_some(())
+    });
+    assert!(waiting.is_some(), "the held pod was not deleted");
+    std::thread::sleep(Duration::from_secs(1));
+    let d = c.json(&["get", "deployment", "fg"])?;
+    assert!(
+        d["metadata"]["finalizers"]
+            .to_string()
+            .contains("foregroundDeletion"),
+        "{d}"
+    );
+    c.ok(&[
+        "patch",
+        "pod",
+        &held,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])?;
+    let gone = eventually(Duration::from_secs(60), || {
+        match c.json(&["get", "deployment", "fg"]) {
+            Ok(_) => None,
+            // Gone: nothing it owned may be left at that moment.
+            Err(_) => Some(dependents(&c)),
+        }
+    });
+    assert_eq!(gone, Some(0), "ReplicaSets or pods outlived the Deployment");
     Ok(())
 }
