@@ -99,6 +99,8 @@ fn manifests(pods: &[usize], grace: u64) -> String {
 
 /// What the watch thread reports.
 enum Event {
+    /// `spec.nodeName` set (the scheduler bound the pod).
+    Bound(String, Instant),
     Running(String, Instant),
     Deleted(String, Instant),
     Ended(String),
@@ -152,9 +154,11 @@ fn start_watch(c: &Cluster) -> Result<(Guard, mpsc::Receiver<Event>)> {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            let bound = v["object"]["spec"]["nodeName"].is_string();
             let ev = match (v["type"].as_str(), v["object"]["status"]["phase"].as_str()) {
                 (Some("DELETED"), _) => Event::Deleted(name, now),
                 (_, Some("Running")) => Event::Running(name, now),
+                _ if bound => Event::Bound(name, now),
                 _ => continue,
             };
             if tx.send(ev).is_err() {
@@ -333,13 +337,90 @@ fn run(args: &Args) -> Result<()> {
     );
 
     let c = Cluster::start_node()?;
-    let result = measure(&c, args).and_then(|()| cold_pull(&c, args));
+    let result = measure(&c, args)
+        .and_then(|()| deployment(&c, args))
+        .and_then(|()| cold_pull(&c, args));
     if let Some(dest) = std::env::var_os("K3RS_POD_BENCH_LOG") {
         let _ = std::fs::write(&dest, c.log());
     }
     drop(c);
     result?;
     runtime_comparison(args)
+}
+
+/// A Deployment of `--pods` replicas (what `kubectl create deployment --replicas=N` creates,
+/// with the bench's short grace period): create → all bound by the scheduler, and → all Running
+/// on this node, through the ReplicaSet controller, the scheduler and the kubelet.
+fn deployment(c: &Cluster, args: &Args) -> Result<()> {
+    let (_watch, events) = start_watch(c)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {LABEL}}}\nspec:\n  \
+         replicas: {}\n  selector: {{matchLabels: {{app: {LABEL}}}}}\n  template:\n    \
+         metadata: {{labels: {{app: {LABEL}}}}}\n    spec:\n      \
+         terminationGracePeriodSeconds: {}\n      containers:\n      \
+         - {{name: sleep, image: busybox:test, imagePullPolicy: Never, \
+         command: [\"sleep\", \"86400\"]}}\n",
+        args.pods, args.grace
+    );
+    let created = Instant::now();
+    c.kubectl_stdin(None, &["create", "-f", "-"], &manifest)?;
+    let (mut bound, mut running) = (HashMap::new(), HashMap::new());
+    let deadline = created + args.timeout;
+    while running.len() < args.pods {
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(Event::Bound(name, t)) => {
+                bound.entry(name).or_insert(t);
+            }
+            Ok(Event::Running(name, t)) => {
+                bound.entry(name.clone()).or_insert(t);
+                running.entry(name).or_insert(t);
+            }
+            Ok(Event::Deleted(name, _)) => bail!("pod {name} was deleted during the rollout"),
+            Ok(Event::Ended(why)) => bail!("{why}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the watch thread ended"),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {:?}: {} bound, {} running",
+                args.timeout,
+                bound.len(),
+                running.len()
+            );
+        }
+    }
+    let last = |m: &HashMap<String, Instant>| {
+        m.values()
+            .max()
+            .map_or(Duration::ZERO, |t| t.duration_since(created))
+    };
+    println!();
+    println!(
+        "Deployment of {} replicas (create → pods through ReplicaSet, scheduler, kubelet)",
+        args.pods
+    );
+    println!(
+        "  all {} bound {}   all {} Running on this node {}",
+        bound.len(),
+        ms(last(&bound)),
+        running.len(),
+        ms(last(&running))
+    );
+    c.ok(&["delete", "deployment", LABEL, "--wait=false"])?;
+    let mut deleted = 0;
+    let deadline = Instant::now() + args.timeout;
+    while deleted < args.pods && Instant::now() < deadline {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Deleted(..)) => deleted += 1,
+            Ok(Event::Ended(why)) => bail!("{why}"),
+            _ => {}
+        }
+    }
+    if deleted < args.pods {
+        bail!("only {deleted} of {} Deployment pods went away", args.pods);
+    }
+    Ok(())
 }
 
 /// create → Running of one pod whose image is pulled from a local registry with no layer of it
@@ -427,6 +508,7 @@ fn runtime_comparison(args: &Args) -> Result<()> {
     }
     println!();
     let st = std::process::Command::new(&bench)
+        .env("K3RS_BIN", &args.k3rs)
         .arg(args.runtime_runs.to_string())
         .status()
         .with_context(|| format!("running {}", bench.display()))?;
@@ -487,6 +569,7 @@ fn measure(c: &Cluster, args: &Args) -> Result<()> {
             Ok(Event::Running(name, t)) => {
                 running.entry(name).or_insert(t);
             }
+            Ok(Event::Bound(..)) => {}
             Ok(Event::Deleted(name, _)) => bail!("pod {name} was deleted during the start phase"),
             Ok(Event::Ended(why)) => bail!("{why}"),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -636,7 +719,7 @@ fn measure(c: &Cluster, args: &Args) -> Result<()> {
                 deleted += 1;
                 last_deleted = t;
             }
-            Ok(Event::Running(..)) => {}
+            Ok(Event::Running(..) | Event::Bound(..)) => {}
             Ok(Event::Ended(why)) => bail!("{why}"),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the watch thread ended"),

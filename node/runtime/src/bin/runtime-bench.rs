@@ -2,7 +2,8 @@
 //! `crun run` (Debian's) on the same bundle, and the shim's memory. `k3rs-pod-bench` runs this
 //! binary for its runtime comparison. Needs root and /bin/busybox (busybox-static).
 //!
-//! `cargo run --release -p k3rs-runtime --bin runtime-bench -- [N]`
+//! `cargo run --release -p k3rs-runtime --bin runtime-bench -- [N]` (with `K3RS_BIN=path/to/k3rs` the
+//! containers run under that binary's `k3rs shim`, as on a node)
 
 use anyhow::{bail, Context, Result};
 use k3rs_runtime::{ContainerConfig, ContainerState, Runtime, SandboxConfig, ShimCommand};
@@ -95,7 +96,18 @@ fn wait_exit(rt: &Runtime, id: &str) -> Result<ContainerState> {
 
 fn run(dir: &Path, n: usize) -> Result<()> {
     let rootfs = rootfs(dir)?;
-    let rt = Runtime::with_shim(dir.join("rt"), ShimCommand::current_exe()?)?;
+    // The shim the node really runs (`k3rs shim`) when K3RS_BIN names the k3rs binary; this
+    // binary's own shim mode otherwise.
+    let shim = match std::env::var_os("K3RS_BIN") {
+        Some(k3rs) => ShimCommand {
+            program: k3rs.into(),
+            args: vec!["shim".into()],
+        },
+        None => ShimCommand::current_exe()?,
+    };
+    println!("shim: {}", shim.program.display());
+    let shim_program = shim.program.clone();
+    let rt = Runtime::with_shim(dir.join("rt"), shim)?;
     let pod = format!("bench-{}", std::process::id());
     let sb = rt.create_sandbox(
         &pod,
@@ -214,7 +226,7 @@ fn run(dir: &Path, n: usize) -> Result<()> {
             kib(pid, "status", "RssAnon:"),
             kib(pid, "status", "RssFile:"),
             kib(pid, "smaps_rollup", "Pss:"),
-            std::env::current_exe()?.display()
+            shim_program.display()
         );
     }
     // Marginal cost: ten more shims of the same binary share its file pages.
