@@ -8,7 +8,7 @@ echo "== build static k3rs for the appliance image"
 start=$(date +%s)
 # libseccomp-sys links libseccomp.so unless told otherwise, and a crt-static build with one
 # shared library silently comes out dynamic: ask for libseccomp.a (libseccomp-dev).
-LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu RUSTFLAGS='-C target-feature=+crt-static' \
+LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
   cargo build --release --quiet -p k3rs --target x86_64-unknown-linux-gnu
 bin=target/x86_64-unknown-linux-gnu/release/k3rs
 # PID 1 in the image has no dynamic loader or shared libraries.
@@ -41,7 +41,7 @@ if [ "${K3RS_APPLIANCE_ARM64:-}" = 1 ]; then
     CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
     AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    RUSTFLAGS='-C target-feature=+crt-static' \
+    RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
     cargo build --release --quiet -p k3rs --target aarch64-unknown-linux-gnu
   bin=target/aarch64-unknown-linux-gnu/release/k3rs
   if readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then

@@ -48,7 +48,7 @@ fn node_ready_at(vm: &mut k3rs_qemu::Vm, work: &std::path::Path) -> Option<Durat
 fn main() -> Result<()> {
     let k3rs = appliance::static_k3rs();
     if !k3rs.exists() {
-        bail!("{} missing: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p k3rs --target x86_64-unknown-linux-gnu", k3rs.display());
+        bail!("{} missing: LIBSECCOMP_LINK_TYPE=static RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' cargo build --release -p k3rs --target x86_64-unknown-linux-gnu", k3rs.display());
     }
     let work = appliance::target_dir().join("appliance-bench");
     std::fs::create_dir_all(&work)?;

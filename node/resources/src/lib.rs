@@ -2,8 +2,8 @@
 //! validation and defaulting against the real Kubernetes types, and `kubectl get` table columns.
 #![forbid(unsafe_code)]
 
-pub mod quantity;
 pub mod qos;
+pub mod quantity;
 pub mod quota;
 pub mod registry;
 
