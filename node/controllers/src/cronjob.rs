@@ -16,7 +16,6 @@ use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info_span, Instrument};
 
 const MANAGER: &str = "cronjob-controller";
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -146,19 +145,11 @@ impl CronJobController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "CronJob", namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(&self.queue, "CronJob", |key| async move {
+            me.reconcile(&key).await
+        })
+        .await
     }
 
     pub async fn reconcile(&self, key: &str) -> Result<Option<Duration>, Error> {

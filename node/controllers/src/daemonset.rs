@@ -15,7 +15,6 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info_span, Instrument};
 
 const MANAGER: &str = "daemon-set-controller";
 /// The deprecated label upstream still sets: the DaemonSet's generation when the pod was made.
@@ -195,19 +194,11 @@ impl DaemonSetController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "DaemonSet", namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(&self.queue, "DaemonSet", |key| async move {
+            me.reconcile(&key).await
+        })
+        .await
     }
 
     pub async fn reconcile(&self, key: &str) -> Result<Option<Duration>, Error> {

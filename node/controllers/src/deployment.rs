@@ -3,13 +3,13 @@
 //! and the status and conditions `kubectl rollout status` reads.
 
 use crate::informer::{key_of, Queue};
-use crate::selector::{self, controller_of, is_deleting, split_key};
+use crate::selector::{self, controller_of, is_deleting};
 use crate::{replicaset, Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 const MANAGER: &str = "deployment-controller";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -170,19 +170,11 @@ impl DeploymentController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "Deployment", namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(&self.queue, "Deployment", |key| async move {
+            me.reconcile(&key).await
+        })
+        .await
     }
 
     /// The ReplicaSets this Deployment controls (adopting matching orphans).

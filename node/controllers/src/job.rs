@@ -10,7 +10,6 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info_span, Instrument};
 
 const MANAGER: &str = "job-controller";
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -102,19 +101,13 @@ impl JobController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "Job", namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(
+            &self.queue,
+            "Job",
+            |key| async move { me.reconcile(&key).await },
+        )
+        .await
     }
 
     pub async fn reconcile(&self, key: &str) -> Result<Option<Duration>, Error> {

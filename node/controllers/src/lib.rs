@@ -26,10 +26,35 @@ pub mod servicelb;
 pub mod statefulset;
 pub mod volumebinding;
 
-use informer::Informer;
+use informer::{Informer, Queue};
 use k3rs_client::{Client, ClientError, Resource};
+use std::future::Future;
 use std::sync::Arc;
-use tracing::info;
+use std::time::Duration;
+use tracing::{info, info_span, Instrument};
+
+/// The loop of a keyed controller: keys off `queue` one at a time, each reconciled inside
+/// `info_span!("reconcile", kind, namespace, name)`; `Ok(Some(d))` looks at the key again after
+/// `d`, a failure retries it after a second.
+pub(crate) async fn reconcile_keys<F, Fut>(queue: &Queue, kind: &str, reconcile: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Option<Duration>, Error>>,
+{
+    loop {
+        let key = queue.pop().await;
+        let (ns, name) = selector::split_key(&key);
+        let span = info_span!("reconcile", kind, namespace = %ns, name = %name);
+        match reconcile(key.clone()).instrument(span.clone()).await {
+            Ok(Some(after)) => queue.add_after(key, after),
+            Ok(None) => {}
+            Err(e) => {
+                span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
+                queue.add_after(key, Duration::from_secs(1));
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct ControllersConfig {

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 /// At most this many pods are created or deleted per sync (upstream's burstReplicas).
 const BURST: usize = 500;
@@ -163,20 +163,11 @@ impl ReplicaSetController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span =
-                info_span!("reconcile", kind = self.kind.kind, namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(&self.queue, self.kind.kind, |key| async move {
+            me.reconcile(&key).await
+        })
+        .await
     }
 
     /// One sync; returns when to look again (minReadySeconds), if needed.

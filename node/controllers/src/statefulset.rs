@@ -8,14 +8,14 @@
 
 use crate::history::{self, HASH_LABEL};
 use crate::informer::{key_of, Queue};
-use crate::selector::{self, available, controller_of, is_deleting, is_terminal, split_key};
+use crate::selector::{self, available, controller_of, is_deleting, is_terminal};
 use crate::{Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info_span, Instrument};
+use tracing::debug;
 
 const MANAGER: &str = "statefulset-controller";
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -183,19 +183,11 @@ impl StatefulSetController {
     }
 
     pub async fn run(self) {
-        loop {
-            let key = self.queue.pop().await;
-            let (ns, name) = split_key(&key);
-            let span = info_span!("reconcile", kind = "StatefulSet", namespace = %ns, name = %name);
-            match self.reconcile(&key).instrument(span.clone()).await {
-                Ok(Some(after)) => self.queue.add_after(key, after),
-                Ok(None) => {}
-                Err(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "reconcile failed"));
-                    self.queue.add_after(key, Duration::from_secs(1));
-                }
-            }
-        }
+        let me = &self;
+        crate::reconcile_keys(&self.queue, "StatefulSet", |key| async move {
+            me.reconcile(&key).await
+        })
+        .await
     }
 
     /// The pods this set controls, adopting orphans named like its pods.
