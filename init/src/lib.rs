@@ -6,6 +6,7 @@
 pub mod blockdev;
 pub mod config;
 pub mod grow;
+pub mod logfile;
 pub mod modules;
 pub mod mounts;
 pub mod net;

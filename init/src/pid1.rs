@@ -4,7 +4,7 @@
 use crate::blockdev::{self, Probe};
 use crate::config::{NodeConfig, StaticNetwork};
 use crate::sys::{MountFlags, RealSys, Sys};
-use crate::{grow, modules, mounts, net, power, sntp, supervisor::Backoff};
+use crate::{grow, logfile, modules, mounts, net, power, sntp, supervisor::Backoff};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -145,8 +145,12 @@ pub fn run_pid1() -> ! {
     let hostname = cfg.hostname.clone().unwrap_or_else(|| "k3rs".to_string());
     set_hostname(&sys, &hostname);
     let mut mounted = Vec::new();
-    if let Some(m) = mount_data(&sys) {
-        mounted.push(m);
+    match mount_data(&sys) {
+        Some(m) => {
+            start_log_file(&m);
+            mounted.push(m);
+        }
+        None => logfile::discard_early(),
     }
     machine_id(&sys);
     if let Some(seed) = &seed {
@@ -387,8 +391,54 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
-        .with_writer(std::io::stderr)
+        .with_writer(|| logfile::ConsoleAndFile)
         .try_init();
+}
+
+/// From here on PID 1's lines and the node daemon's output also go to a rotated file on the data
+/// partition (only there: memory-backed state gets no file). Failing to start it costs only the
+/// file.
+fn start_log_file(data: &Path) {
+    let path = data.join(logfile::LOG_FILE);
+    match logfile::start(&path) {
+        Ok(()) => {
+            info!(path = %path.display(), max_mib = logfile::MAX_BYTES >> 20, keep = logfile::KEEP, "k3rs-init: logging to the console and a rotated file")
+        }
+        Err(e) => warn!(path = %path.display(), error = %e, "k3rs-init: no log file; console only"),
+    }
+}
+
+/// Where the node daemon's stdout and stderr go: a pipe drained by a thread that copies to the
+/// console and the log file, or the console itself when there is no log file or the pipe or
+/// thread cannot be had.
+fn daemon_output() -> (std::process::Stdio, std::process::Stdio) {
+    use std::process::Stdio;
+    let console = || (Stdio::inherit(), Stdio::inherit());
+    if !logfile::active() {
+        return console();
+    }
+    let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "pipe for the node daemon's output failed; console only");
+            return console();
+        }
+    };
+    let write2 = match write.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "dup of the node daemon's output pipe failed; console only");
+            return console();
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("daemon-log".into())
+        .spawn(move || logfile::pump(read, &mut std::io::stderr()));
+    if let Err(e) = spawned {
+        warn!(error = %e, "starting the node daemon's log thread failed; console only");
+        return console();
+    }
+    (Stdio::from(write), Stdio::from(write2))
 }
 
 fn build_epoch() -> Option<i64> {
@@ -975,8 +1025,11 @@ fn spawn_daemon(cfg: &NodeConfig) -> Option<Running> {
     let _ = std::fs::create_dir_all("/etc/k3rs");
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     info!(exe = %exe.display(), args = %args.iter().map(|a| if a.starts_with("--token=") { "--token=***" } else { a.as_str() }).collect::<Vec<_>>().join(" "), "k3rs-init: starting the node daemon");
+    let (stdout, stderr) = daemon_output();
     match command(&exe)
         .args(&args)
+        .stdout(stdout)
+        .stderr(stderr)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
         .spawn()
@@ -1144,6 +1197,8 @@ fn shutdown(child: Option<Running>, halt: Halt, mounted: &[PathBuf]) -> ! {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
         wait_gone(None, Duration::from_secs(1));
     }
+    // The log file lives on the data partition: closed before it is unmounted.
+    logfile::stop(Duration::from_secs(2));
     nix::unistd::sync();
     let mut clean = true;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
