@@ -409,11 +409,11 @@ fn start_log_file(data: &Path) {
 }
 
 /// Where the node daemon's stdout and stderr go: a pipe drained by a thread that copies to the
-/// console and the log file, or the console itself when there is no log file or the pipe or
-/// thread cannot be had.
-fn daemon_output() -> (std::process::Stdio, std::process::Stdio) {
+/// console and the log file, or (`None`) the console itself when there is no log file or the
+/// pipe or thread cannot be had.
+fn daemon_output() -> Option<(std::process::Stdio, std::process::Stdio)> {
     use std::process::Stdio;
-    let console = || (Stdio::inherit(), Stdio::inherit());
+    let console = || None;
     if !logfile::active() {
         return console();
     }
@@ -438,7 +438,7 @@ fn daemon_output() -> (std::process::Stdio, std::process::Stdio) {
         warn!(error = %e, "starting the node daemon's log thread failed; console only");
         return console();
     }
-    (Stdio::from(write), Stdio::from(write2))
+    Some((Stdio::from(write), Stdio::from(write2)))
 }
 
 fn build_epoch() -> Option<i64> {
@@ -1025,15 +1025,15 @@ fn spawn_daemon(cfg: &NodeConfig) -> Option<Running> {
     let _ = std::fs::create_dir_all("/etc/k3rs");
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     info!(exe = %exe.display(), args = %args.iter().map(|a| if a.starts_with("--token=") { "--token=***" } else { a.as_str() }).collect::<Vec<_>>().join(" "), "k3rs-init: starting the node daemon");
-    let (stdout, stderr) = daemon_output();
-    match command(&exe)
-        .args(&args)
-        .stdout(stdout)
-        .stderr(stderr)
+    let mut cmd = command(&exe);
+    cmd.args(&args)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .spawn()
-    {
+        .env("HOME", "/root");
+    if let Some((stdout, stderr)) = daemon_output() {
+        // A pipe is not a terminal, but colour codes would still land in the file.
+        cmd.stdout(stdout).stderr(stderr).env("NO_COLOR", "1");
+    }
+    match cmd.spawn() {
         Ok(child) => {
             let _ = std::fs::create_dir_all("/run/k3rs");
             if let Err(e) = std::fs::write(NODE_PID_FILE, format!("{}\n", child.id())) {
