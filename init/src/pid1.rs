@@ -413,22 +413,21 @@ fn start_log_file(data: &Path) {
 /// pipe or thread cannot be had.
 fn daemon_output() -> Option<(std::process::Stdio, std::process::Stdio)> {
     use std::process::Stdio;
-    let console = || None;
     if !logfile::active() {
-        return console();
+        return None;
     }
     let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "pipe for the node daemon's output failed; console only");
-            return console();
+            return None;
         }
     };
     let write2 = match write.try_clone() {
         Ok(w) => w,
         Err(e) => {
             warn!(error = %e, "dup of the node daemon's output pipe failed; console only");
-            return console();
+            return None;
         }
     };
     let spawned = std::thread::Builder::new()
@@ -436,7 +435,7 @@ fn daemon_output() -> Option<(std::process::Stdio, std::process::Stdio)> {
         .spawn(move || logfile::pump(read, &mut std::io::stderr()));
     if let Err(e) = spawned {
         warn!(error = %e, "starting the node daemon's log thread failed; console only");
-        return console();
+        return None;
     }
     Some((Stdio::from(write), Stdio::from(write2)))
 }
