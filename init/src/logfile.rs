@@ -423,6 +423,24 @@ mod tests {
         );
     }
 
+    /// The only test of the process-wide sink: early lines first, then queued ones, nothing
+    /// after `stop`.
+    #[test]
+    fn start_writes_early_lines_then_queued_ones_and_stop_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        ConsoleAndFile.write_all(b"early\n").unwrap();
+        assert!(!active());
+        start(&path).unwrap();
+        assert!(active());
+        ConsoleAndFile.write_all(b"pid1\n").unwrap();
+        send(b"daemon\n");
+        stop(Duration::from_secs(5));
+        assert!(!active());
+        send(b"after stop\n");
+        assert_eq!(read(&path), "early\npid1\ndaemon\n");
+    }
+
     #[test]
     fn a_full_queue_drops_instead_of_blocking() {
         let (tx, rx) = sync_channel(2);
