@@ -16,6 +16,7 @@ pub mod endpoints;
 pub use k3rs_client::events;
 pub use k3rs_client::informer;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -179,6 +180,7 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     let cj = cronjob::CronJobController::new(ctx.clone());
     let quotas = quota::QuotaController::new(ctx.clone());
     let volumes = volumebinding::VolumeBindingController::new(ctx.clone());
+    let hpas = hpa::HpaController::new(ctx.clone());
     for i in ctx.informers() {
         i.spawn(client.clone());
     }
@@ -197,5 +199,6 @@ pub async fn run(client: Arc<dyn Client>, config: ControllersConfig) {
     tokio::spawn(cj.run());
     tokio::spawn(quotas.run());
     tokio::spawn(volumes.run());
+    tokio::spawn(hpas.run());
     jobs.run().await;
 }
