@@ -12,7 +12,7 @@ use crate::{job, Ctx, Error};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
-use k3rs_client::{DeleteParams, Patch, Resource};
+use k3rs_client::{DeleteParams, Resource};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,27 +220,10 @@ impl CronJobController {
         } else {
             status.insert("active".into(), json!(active));
         }
+        let client = self.ctx.client.as_ref();
         let new = Value::Object(status);
-        if new != cj["status"] {
-            let patch = crate::replicaset::merge_replacing(&cj["status"], &new);
-            match self
-                .ctx
-                .client
-                .patch(
-                    &resource(),
-                    Some(ns),
-                    name,
-                    Patch::Merge(json!({ "status": patch })),
-                    Some("status"),
-                    MANAGER,
-                )
-                .await
-            {
-                Ok(o) => self.ctx.cronjobs.observe(&o),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::Api("updating status", e)),
-            }
-        }
+        crate::status::write_if_changed(client, &self.ctx.cronjobs, &resource(), MANAGER, &cj, new)
+            .await?;
         Ok(requeue)
     }
 

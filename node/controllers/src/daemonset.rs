@@ -8,7 +8,7 @@ use crate::history::{self, HASH_LABEL};
 use crate::informer::{key_of, Queue};
 use crate::selector::{self, available, controller_of, is_deleting, is_terminal, split_key};
 use crate::{Ctx, Error};
-use k3rs_client::{DeleteParams, Patch, Resource};
+use k3rs_client::{DeleteParams, Resource};
 use k3rs_scheduler::cache::NodeInfo;
 use k3rs_scheduler::plugins::{term_matches, toleration_matches};
 use serde_json::{json, Map, Value};
@@ -573,27 +573,9 @@ impl DaemonSetController {
         if let Some(c) = ds["status"].get("collisionCount") {
             status.insert("collisionCount".into(), c.clone());
         }
+        let (client, cache) = (self.ctx.client.as_ref(), &self.ctx.daemonsets);
         let new = Value::Object(status);
-        if new != ds["status"] {
-            let patch = crate::replicaset::merge_replacing(&ds["status"], &new);
-            match self
-                .ctx
-                .client
-                .patch(
-                    &resource(),
-                    Some(ns),
-                    name_of(ds),
-                    Patch::Merge(json!({ "status": patch })),
-                    Some("status"),
-                    MANAGER,
-                )
-                .await
-            {
-                Ok(o) => self.ctx.daemonsets.observe(&o),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::Api("updating status", e)),
-            }
-        }
+        crate::status::write_if_changed(client, cache, &resource(), MANAGER, ds, new).await?;
         Ok(recheck.map(|d| d + Duration::from_millis(100)))
     }
 }

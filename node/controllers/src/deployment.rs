@@ -809,37 +809,9 @@ impl DeploymentController {
         if let Some(c) = old_status.get("collisionCount") {
             status.insert("collisionCount".into(), c.clone());
         }
+        let (client, cache) = (self.ctx.client.as_ref(), &self.ctx.deployments);
         let new = Value::Object(status);
-        if new != *old_status {
-            let ns = d["metadata"]["namespace"].as_str().unwrap_or("");
-            let name = d["metadata"]["name"].as_str().unwrap_or("");
-            // A full status replacement (merge patch with nulls for dropped fields).
-            let mut patch = new.clone();
-            if let (Some(p), Some(o)) = (patch.as_object_mut(), old_status.as_object()) {
-                for k in o.keys() {
-                    if !p.contains_key(k) {
-                        p.insert(k.clone(), Value::Null);
-                    }
-                }
-            }
-            match self
-                .ctx
-                .client
-                .patch(
-                    &resource(),
-                    Some(ns),
-                    name,
-                    Patch::Merge(json!({"status": patch})),
-                    Some("status"),
-                    MANAGER,
-                )
-                .await
-            {
-                Ok(o) => self.ctx.deployments.observe(&o),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::Api("updating status", e)),
-            }
-        }
+        crate::status::write_if_changed(client, cache, &resource(), MANAGER, &d, new).await?;
         Ok(recheck)
     }
 }

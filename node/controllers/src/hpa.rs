@@ -476,31 +476,9 @@ impl HpaController {
     }
 
     async fn write_status(&self, hpa: &Value, status: Map<String, Value>) -> Result<(), Error> {
+        let client = self.ctx.client.as_ref();
         let new = Value::Object(status);
-        if new == hpa["status"] {
-            return Ok(());
-        }
-        let key = key_of(hpa);
-        let (ns, name) = split_key(&key);
-        let patch = crate::replicaset::merge_replacing(&hpa["status"], &new);
-        match self
-            .ctx
-            .client
-            .patch(
-                &resource(),
-                Some(ns),
-                name,
-                Patch::Merge(json!({ "status": patch })),
-                Some("status"),
-                MANAGER,
-            )
-            .await
-        {
-            Ok(o) => self.hpas.observe(&o),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(Error::Api("updating status", e)),
-        }
-        Ok(())
+        crate::status::write_if_changed(client, &self.hpas, &resource(), MANAGER, hpa, new).await
     }
 }
 

@@ -25,6 +25,7 @@ pub mod replicaset;
 pub mod selector;
 pub mod servicelb;
 pub mod statefulset;
+mod status;
 pub mod volumebinding;
 
 use informer::{Informer, Queue};

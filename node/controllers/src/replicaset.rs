@@ -310,8 +310,6 @@ impl ReplicaSetController {
     }
 
     async fn update_status(&self, rs: &Value, active: &[Value]) -> Result<Option<Duration>, Error> {
-        let key = key_of(rs);
-        let (ns, name) = split_key(&key);
         let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let now = chrono::Utc::now();
         let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
@@ -356,24 +354,10 @@ impl ReplicaSetController {
         let new = Value::Object(status);
         if new != rs["status"] {
             debug!(?new, "status");
-            let updated = self
-                .ctx
-                .client
-                .patch(
-                    &(self.kind.resource)(),
-                    Some(ns),
-                    name,
-                    Patch::Merge(json!({"status": merge_replacing(&rs["status"], &new)})),
-                    Some("status"),
-                    self.kind.manager,
-                )
-                .await;
-            match updated {
-                Ok(o) => self.informer().observe(&o),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::Api("updating status", e)),
-            }
         }
+        let (client, resource) = (self.ctx.client.as_ref(), (self.kind.resource)());
+        let (cache, manager) = (self.informer(), self.kind.manager);
+        crate::status::write_if_changed(client, cache, &resource, manager, rs, new).await?;
         Ok(recheck.map(|d| d + Duration::from_millis(100)))
     }
 }
@@ -427,17 +411,4 @@ pub fn pod_from_template(template: &Value, owner_name: &str, owner_ref: &Value) 
     }
     meta.insert("ownerReferences".into(), json!([owner_ref]));
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]})
-}
-
-/// A merge patch that turns `old` into `new` at the top level (nulls for dropped fields).
-pub fn merge_replacing(old: &Value, new: &Value) -> Value {
-    let mut patch = new.clone();
-    if let (Some(p), Some(o)) = (patch.as_object_mut(), old.as_object()) {
-        for k in o.keys() {
-            if !p.contains_key(k) {
-                p.insert(k.clone(), Value::Null);
-            }
-        }
-    }
-    patch
 }

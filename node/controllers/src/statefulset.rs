@@ -546,7 +546,6 @@ impl StatefulSetController {
         current_rev: &Value,
         update_rev: &Value,
     ) -> Result<Option<Duration>, Error> {
-        let ns = set["metadata"]["namespace"].as_str().unwrap_or("");
         let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let now = chrono::Utc::now();
         let current_hash = history::hash_of(current_rev);
@@ -599,27 +598,9 @@ impl StatefulSetController {
             "collisionCount".into(),
             json!(set["status"]["collisionCount"].as_i64().unwrap_or(0)),
         );
+        let (client, cache) = (self.ctx.client.as_ref(), &self.ctx.statefulsets);
         let new = Value::Object(status);
-        if new != set["status"] {
-            let patch = crate::replicaset::merge_replacing(&set["status"], &new);
-            match self
-                .ctx
-                .client
-                .patch(
-                    &resource(),
-                    Some(ns),
-                    name_of(set),
-                    Patch::Merge(json!({ "status": patch })),
-                    Some("status"),
-                    MANAGER,
-                )
-                .await
-            {
-                Ok(o) => self.ctx.statefulsets.observe(&o),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::Api("updating status", e)),
-            }
-        }
+        crate::status::write_if_changed(client, cache, &resource(), MANAGER, set, new).await?;
         Ok(recheck.map(|d| d + Duration::from_millis(100)))
     }
 }
