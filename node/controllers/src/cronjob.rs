@@ -6,9 +6,9 @@
 //! (`active`, `lastScheduleTime`, `lastSuccessfulTime`). Jobs are named
 //! `<cronjob>-<scheduled time in minutes since the epoch>`.
 
-use crate::informer::{key_of, Queue};
+use crate::informer::Queue;
 use crate::selector::{self, controller_of, is_deleting, split_key};
-use crate::{job, Ctx, Error};
+use crate::{enqueue, job, Ctx, Error};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -126,21 +126,8 @@ impl CronJobController {
             ctx: ctx.clone(),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        ctx.cronjobs.on_change(Box::new(move |_, new| {
-            if let Some(c) = new {
-                q.add(key_of(c));
-            }
-        }));
-        let q = me.queue.clone();
-        ctx.jobs.on_change(Box::new(move |old, new| {
-            for j in [old, new].into_iter().flatten() {
-                if let Some(("CronJob", name, _)) = controller_of(j) {
-                    let ns = j["metadata"]["namespace"].as_str().unwrap_or("");
-                    q.add(format!("{ns}/{name}"));
-                }
-            }
-        }));
+        enqueue::own_objects(&ctx.cronjobs, &me.queue);
+        enqueue::controllers_of(&ctx.jobs, "CronJob", &me.queue);
         me
     }
 

@@ -7,7 +7,7 @@
 use crate::history::{self, HASH_LABEL};
 use crate::informer::{key_of, Queue};
 use crate::selector::{self, available, controller_of, is_deleting, is_terminal, split_key};
-use crate::{Ctx, Error};
+use crate::{enqueue, Ctx, Error};
 use k3rs_client::{DeleteParams, Resource};
 use k3rs_scheduler::cache::NodeInfo;
 use k3rs_scheduler::plugins::{term_matches, toleration_matches};
@@ -162,21 +162,8 @@ impl DaemonSetController {
             ctx: ctx.clone(),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        ctx.daemonsets.on_change(Box::new(move |_, new| {
-            if let Some(d) = new {
-                q.add(key_of(d));
-            }
-        }));
-        let m = me.clone();
-        ctx.pods.on_change(Box::new(move |old, new| {
-            for p in [old, new].into_iter().flatten() {
-                if let Some(("DaemonSet", name, _)) = controller_of(p) {
-                    let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
-                    m.queue.add(format!("{ns}/{name}"));
-                }
-            }
-        }));
+        enqueue::own_objects(&ctx.daemonsets, &me.queue);
+        enqueue::controllers_of(&ctx.pods, "DaemonSet", &me.queue);
         // Nodes: added, removed, or changed in what eligibility depends on (not heartbeats).
         let m = me.clone();
         ctx.nodes.on_change(Box::new(move |old, new| {

@@ -3,8 +3,8 @@
 //! and the status and conditions `kubectl rollout status` reads.
 
 use crate::informer::{key_of, Queue};
-use crate::selector::{self, controller_of, is_deleting};
-use crate::{replicaset, Ctx, Error};
+use crate::selector::{self, controller_key, controller_of, is_deleting};
+use crate::{enqueue, replicaset, Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -127,12 +127,7 @@ impl DeploymentController {
             ctx: ctx.clone(),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        ctx.deployments.on_change(Box::new(move |_, new| {
-            if let Some(d) = new {
-                q.add(key_of(d));
-            }
-        }));
+        enqueue::own_objects(&ctx.deployments, &me.queue);
         let m = me.clone();
         ctx.replicasets.on_change(Box::new(move |old, new| {
             if let Some(rs) = new.or(old) {
@@ -143,11 +138,9 @@ impl DeploymentController {
         let m = me.clone();
         ctx.pods.on_change(Box::new(move |old, new| {
             if let (Some(p), None) = (old, new) {
-                if let Some(("ReplicaSet", rs, _)) = controller_of(p) {
-                    let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
-                    if let Some(rs) = m.ctx.replicasets.get(&format!("{ns}/{rs}")) {
-                        m.enqueue_owner(&rs);
-                    }
+                let rs = controller_key(p, "ReplicaSet").and_then(|k| m.ctx.replicasets.get(&k));
+                if let Some(rs) = rs {
+                    m.enqueue_owner(&rs);
                 }
             }
         }));
@@ -155,18 +148,7 @@ impl DeploymentController {
     }
 
     fn enqueue_owner(&self, rs: &Value) {
-        let ns = rs["metadata"]["namespace"].as_str().unwrap_or("");
-        match controller_of(rs) {
-            Some(("Deployment", name, _)) => self.queue.add(format!("{ns}/{name}")),
-            Some(_) => {}
-            None => {
-                for d in self.ctx.deployments.list(Some(ns)) {
-                    if selector::matches(&d["spec"]["selector"], &rs["metadata"]["labels"]) {
-                        self.queue.add(key_of(&d));
-                    }
-                }
-            }
-        }
+        enqueue::controller_or_adopters(&self.queue, &self.ctx.deployments, "Deployment", rs);
     }
 
     pub async fn run(self) {

@@ -8,7 +8,7 @@
 
 use crate::informer::{key_of, Informer, Queue};
 use crate::selector::{self, controller_of, is_deleting, split_key};
-use crate::{Ctx, Error};
+use crate::{enqueue, Ctx, Error};
 use k3rs_client::Resource;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -52,12 +52,7 @@ impl DisruptionController {
             pdbs: Informer::new(resource()),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        me.pdbs.on_change(Box::new(move |_, new| {
-            if let Some(p) = new {
-                q.add(key_of(p));
-            }
-        }));
+        enqueue::own_objects(&me.pdbs, &me.queue);
         let m = me.clone();
         ctx.pods.on_change(Box::new(move |old, new| {
             for p in [old, new].into_iter().flatten() {

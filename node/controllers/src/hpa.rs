@@ -5,9 +5,9 @@
 //! range reports `ScalingActive=False/FailedGetResourceMetric` and leaves the target alone.
 //! Every HPA is looked at again after 15 s (upstream's `--horizontal-pod-autoscaler-sync-period`).
 
-use crate::informer::{key_of, Informer, Queue};
+use crate::informer::{Informer, Queue};
 use crate::selector::{is_deleting, split_key};
-use crate::{Ctx, Error};
+use crate::{enqueue, Ctx, Error};
 use chrono::{SecondsFormat, Utc};
 use k3rs_client::{ListParams, Patch, Resource};
 use k3rs_resources::quantity::Quantity;
@@ -168,12 +168,7 @@ impl HpaController {
             hpas: Informer::new(resource()),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        me.hpas.on_change(Box::new(move |_, new| {
-            if let Some(h) = new {
-                q.add(key_of(h));
-            }
-        }));
+        enqueue::own_objects(&me.hpas, &me.queue);
         me
     }
 

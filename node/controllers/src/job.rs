@@ -3,8 +3,8 @@
 //! Complete/Failed conditions, and deletes finished Jobs after `ttlSecondsAfterFinished`.
 
 use crate::informer::{key_of, Expectations, Queue};
-use crate::selector::{self, controller_of, is_active, is_deleting, split_key};
-use crate::{replicaset::pod_from_template, Ctx, Error};
+use crate::selector::{self, controller_key, controller_of, is_active, is_deleting, split_key};
+use crate::{enqueue, replicaset::pod_from_template, Ctx, Error};
 use k3rs_client::{DeleteParams, Resource};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashSet};
@@ -70,23 +70,12 @@ impl JobController {
             queue: Queue::default(),
             exp: Expectations::default(),
         };
-        let q = me.queue.clone();
-        ctx.jobs.on_change(Box::new(move |_, new| {
-            if let Some(j) = new {
-                q.add(key_of(j));
-            }
-        }));
+        enqueue::own_objects(&ctx.jobs, &me.queue);
         let m = me.clone();
         ctx.pods.on_change(Box::new(move |old, new| {
-            let Some(p) = new.or(old) else { return };
-            let Some(("Job", name, _)) = controller_of(p) else {
+            let Some(key) = new.or(old).and_then(|p| controller_key(p, "Job")) else {
                 return;
             };
-            let key = format!(
-                "{}/{}",
-                p["metadata"]["namespace"].as_str().unwrap_or(""),
-                name
-            );
             match (old, new) {
                 (None, Some(_)) => m.exp.creation_observed(&key),
                 (Some(o), None) => m.exp.deletion_observed(&key, &key_of(o)),

@@ -13,6 +13,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+mod enqueue;
 pub use k3rs_client::events;
 pub use k3rs_client::informer;
 pub mod history;

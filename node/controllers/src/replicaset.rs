@@ -3,8 +3,10 @@
 //! controller runs ReplicationControllers (core/v1), whose selector is a plain label map.
 
 use crate::informer::{key_of, Expectations, Informer, Queue};
-use crate::selector::{self, available, controller_of, is_active, is_deleting, split_key};
-use crate::{Ctx, Error};
+use crate::selector::{
+    self, available, controller_key, controller_of, is_active, is_deleting, split_key,
+};
+use crate::{enqueue, Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -85,12 +87,7 @@ impl ReplicaSetController {
             queue: Queue::default(),
             exp: Expectations::default(),
         };
-        let q = me.queue.clone();
-        (kind.informer)(&ctx).on_change(Box::new(move |_, new| {
-            if let Some(rs) = new {
-                q.add(key_of(rs));
-            }
-        }));
+        enqueue::own_objects((kind.informer)(&ctx), &me.queue);
         let m = me.clone();
         ctx.pods
             .on_change(Box::new(move |old, new| m.pod_changed(old, new)));
@@ -102,14 +99,7 @@ impl ReplicaSetController {
     }
 
     fn owner_key(&self, pod: &Value) -> Option<String> {
-        let (kind, name, _) = controller_of(pod)?;
-        (kind == self.kind.kind).then(|| {
-            format!(
-                "{}/{}",
-                pod["metadata"]["namespace"].as_str().unwrap_or(""),
-                name
-            )
-        })
+        controller_key(pod, self.kind.kind)
     }
 
     fn pod_changed(&self, old: Option<&Value>, new: Option<&Value>) {

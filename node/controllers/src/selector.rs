@@ -19,6 +19,16 @@ pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
         })
 }
 
+/// The cache key of the object's controlling owner when that owner is a `kind` (an owner is in
+/// its dependents' namespace).
+pub fn controller_key(obj: &Value, kind: &str) -> Option<String> {
+    let (k, name, _) = controller_of(obj)?;
+    (k == kind).then(|| {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("");
+        format!("{ns}/{name}")
+    })
+}
+
 pub fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
     serde_json::json!({
         "apiVersion": api_version, "kind": kind,

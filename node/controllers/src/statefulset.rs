@@ -7,9 +7,9 @@
 //! status statefulset/x` reads.
 
 use crate::history::{self, HASH_LABEL};
-use crate::informer::{key_of, Queue};
+use crate::informer::Queue;
 use crate::selector::{self, available, controller_of, is_deleting, is_terminal};
-use crate::{Ctx, Error};
+use crate::{enqueue, Ctx, Error};
 use k3rs_client::{DeleteParams, Patch, Resource};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -152,34 +152,14 @@ impl StatefulSetController {
             ctx: ctx.clone(),
             queue: Queue::default(),
         };
-        let q = me.queue.clone();
-        ctx.statefulsets.on_change(Box::new(move |_, new| {
-            if let Some(s) = new {
-                q.add(key_of(s));
-            }
-        }));
+        enqueue::own_objects(&ctx.statefulsets, &me.queue);
         let m = me.clone();
         ctx.pods.on_change(Box::new(move |old, new| {
             for p in [old, new].into_iter().flatten() {
-                m.enqueue_for_pod(p);
+                enqueue::controller_or_adopters(&m.queue, &m.ctx.statefulsets, "StatefulSet", p);
             }
         }));
         me
-    }
-
-    fn enqueue_for_pod(&self, pod: &Value) {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
-        match controller_of(pod) {
-            Some(("StatefulSet", name, _)) => self.queue.add(format!("{ns}/{name}")),
-            Some(_) => {}
-            None => {
-                for s in self.ctx.statefulsets.list(Some(ns)) {
-                    if selector::matches(&s["spec"]["selector"], &pod["metadata"]["labels"]) {
-                        self.queue.add(key_of(&s));
-                    }
-                }
-            }
-        }
     }
 
     pub async fn run(self) {
