@@ -432,6 +432,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_needs_its_side_and_holds_the_other() {
+        let lr = range(json!([{"type": "Container", "min": {"cpu": "100m"}},
+            {"type": "Container", "max": {"memory": "1Gi"}}]));
+        let pod = |resources: Value| json!({"spec": {"containers": [{"name": "c", "resources": resources}]}});
+        assert_eq!(
+            validate_pod(&lr, &pod(json!({"limits": {"cpu": "1"}}))).unwrap_err(),
+            "[minimum cpu usage per Container is 100m.  No request is specified, maximum memory usage per Container is 1Gi.  No limit is specified]"
+        );
+        assert_eq!(
+            validate_pod(&lr, &pod(json!({"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "50m", "memory": "1Gi"}}))).unwrap_err(),
+            "[minimum cpu usage per Container is 100m, but limit is 50m, maximum memory usage per Container is 1Gi, but request is 2Gi]"
+        );
+        let claims = range(json!([{"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}}]));
+        assert_eq!(
+            validate_claim(&claims, &json!({"spec": {"resources": {}}})).unwrap_err(),
+            "maximum storage usage per PersistentVolumeClaim is 2Gi.  No request is specified"
+        );
+    }
+
+    #[test]
     fn claims_are_held_to_storage_min_and_max() {
         let lr = range(
             json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]),
