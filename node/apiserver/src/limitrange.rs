@@ -185,71 +185,69 @@ fn fill(resources: &mut Value, bucket: &str, defaults: &Map<String, Value>) -> V
     set
 }
 
-fn min_constraint(
-    kind: &str,
-    name: &str,
-    enforced: &Quantity,
-    req: &ResourceList,
-    lim: &ResourceList,
-) -> Result<(), String> {
-    let Some(r) = req.get(name) else {
-        return Err(format!(
-            "minimum {name} usage per {kind} is {enforced}.  No request is specified"
-        ));
-    };
-    if r < enforced {
-        return Err(format!(
-            "minimum {name} usage per {kind} is {enforced}, but request is {r}"
-        ));
-    }
-    if let Some(l) = lim.get(name).filter(|l| *l < enforced) {
-        return Err(format!(
-            "minimum {name} usage per {kind} is {enforced}, but limit is {l}"
-        ));
-    }
-    Ok(())
+/// Which end of a LimitRange item's range a quantity bounds.
+#[derive(Clone, Copy)]
+enum Bound {
+    Min,
+    Max,
 }
 
-fn max_constraint(
-    kind: &str,
-    name: &str,
-    enforced: &Quantity,
-    req: &ResourceList,
-    lim: &ResourceList,
-) -> Result<(), String> {
-    let Some(l) = lim.get(name) else {
-        return Err(format!(
-            "maximum {name} usage per {kind} is {enforced}.  No limit is specified"
-        ));
-    };
-    if l > enforced {
-        return Err(format!(
-            "maximum {name} usage per {kind} is {enforced}, but limit is {l}"
-        ));
+impl Bound {
+    /// The item field that holds this bound.
+    fn field(self) -> &'static str {
+        match self {
+            Bound::Min => "min",
+            Bound::Max => "max",
+        }
     }
-    if let Some(r) = req.get(name).filter(|r| *r > enforced) {
-        return Err(format!(
-            "maximum {name} usage per {kind} is {enforced}, but request is {r}"
-        ));
+
+    fn word(self) -> &'static str {
+        match self {
+            Bound::Min => "minimum",
+            Bound::Max => "maximum",
+        }
     }
-    Ok(())
+
+    fn broken_by(self, q: &Quantity, enforced: &Quantity) -> bool {
+        match self {
+            Bound::Min => q < enforced,
+            Bound::Max => q > enforced,
+        }
+    }
 }
 
-/// For kinds whose limits are not user input (claims): only the request is checked.
-fn max_request_constraint(
+/// One side of a resource request: what the message calls it ("request" or "limit") and its
+/// values.
+type Side<'a> = (&'a str, &'a ResourceList);
+
+/// Upstream's `minConstraint` and `maxConstraint` in one: `required` must name the resource and
+/// respect the bound; `optional`, where it names the resource, must respect it too.
+fn bound_constraint(
+    bound: Bound,
     kind: &str,
     name: &str,
     enforced: &Quantity,
-    req: &ResourceList,
+    required: Side,
+    optional: Option<Side>,
 ) -> Result<(), String> {
-    let Some(r) = req.get(name) else {
+    let word = bound.word();
+    let (what, list) = required;
+    let Some(q) = list.get(name) else {
         return Err(format!(
-            "maximum {name} usage per {kind} is {enforced}.  No request is specified"
+            "{word} {name} usage per {kind} is {enforced}.  No {what} is specified"
         ));
     };
-    if r > enforced {
+    if bound.broken_by(q, enforced) {
         return Err(format!(
-            "maximum {name} usage per {kind} is {enforced}, but request is {r}"
+            "{word} {name} usage per {kind} is {enforced}, but {what} is {q}"
+        ));
+    }
+    let Some((what, list)) = optional else {
+        return Ok(());
+    };
+    if let Some(q) = list.get(name).filter(|q| bound.broken_by(q, enforced)) {
+        return Err(format!(
+            "{word} {name} usage per {kind} is {enforced}, but {what} is {q}"
         ));
     }
     Ok(())
@@ -286,11 +284,15 @@ fn check_item(
     lim: &ResourceList,
     errs: &mut Vec<String>,
 ) {
-    for (name, q) in parse_list(&item["min"]) {
-        errs.extend(min_constraint(kind, &name, &q, req, lim).err());
-    }
-    for (name, q) in parse_list(&item["max"]) {
-        errs.extend(max_constraint(kind, &name, &q, req, lim).err());
+    for bound in [Bound::Min, Bound::Max] {
+        // A minimum needs a request and a maximum a limit; the other must respect it where set.
+        let (required, optional) = match bound {
+            Bound::Min => (("request", req), Some(("limit", lim))),
+            Bound::Max => (("limit", lim), Some(("request", req))),
+        };
+        for (name, q) in parse_list(&item[bound.field()]) {
+            errs.extend(bound_constraint(bound, kind, &name, &q, required, optional).err());
+        }
     }
     for (name, q) in parse_list(&item["maxLimitRequestRatio"]) {
         errs.extend(ratio_constraint(kind, &name, &q, req, lim).err());
@@ -335,21 +337,15 @@ pub fn validate_pod(lr: &Value, pod: &Value) -> Result<(), String> {
 pub fn validate_claim(lr: &Value, pvc: &Value) -> Result<(), String> {
     let mut errs = Vec::new();
     let req = parse_list(&pvc["spec"]["resources"]["requests"]);
+    // A claim's limits are not user input: both bounds check the request only.
     for item in items(lr).filter(|i| i["type"] == "PersistentVolumeClaim") {
-        for (name, q) in parse_list(&item["min"]) {
-            errs.extend(
-                min_constraint(
-                    "PersistentVolumeClaim",
-                    &name,
-                    &q,
-                    &req,
-                    &ResourceList::new(),
-                )
-                .err(),
-            );
-        }
-        for (name, q) in parse_list(&item["max"]) {
-            errs.extend(max_request_constraint("PersistentVolumeClaim", &name, &q, &req).err());
+        for bound in [Bound::Min, Bound::Max] {
+            for (name, q) in parse_list(&item[bound.field()]) {
+                let kind = "PersistentVolumeClaim";
+                errs.extend(
+                    bound_constraint(bound, kind, &name, &q, ("request", &req), None).err(),
+                );
+            }
         }
     }
     aggregate(errs)
