@@ -1,91 +1,15 @@
 //! The controllers against a real `Api` over the in-memory store, with a fake kubelet (a task that
 //! marks pods Running+Ready, or Succeeded for Job pods, and finishes graceful deletions).
 
-use k3rs_apiserver::local_client::LocalClient;
-use k3rs_client::{Client, DeleteParams, ListParams, Patch, Resource, WatchEvent};
+mod common;
+
+use common::{client, eventually, pods, FakeKubelet};
+use k3rs_client::{Client, ListParams, Patch, Resource, WatchEvent};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-async fn client() -> Arc<dyn Client> {
-    LocalClient::in_memory().await.expect("api")
-}
-
-fn pods() -> Resource {
-    Resource::core("pods")
-}
-
-/// Plays the kubelet: Running+Ready with an IP (Job pods: Succeeded), and completes deletions.
-fn fake_kubelet(c: Arc<dyn Client>, ready: Arc<std::sync::atomic::AtomicBool>) {
-    tokio::spawn(async move {
-        let mut w = c
-            .watch(&pods(), None, &ListParams::default())
-            .await
-            .expect("watch");
-        let ip = AtomicU32::new(1);
-        while let Some(ev) = w.next().await {
-            let (WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev else {
-                continue;
-            };
-            let ns = p["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if !p["metadata"]["deletionTimestamp"].is_null() {
-                let _ = c
-                    .delete(
-                        &pods(),
-                        Some(&ns),
-                        &name,
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                continue;
-            }
-            if p["status"]["phase"] != "Pending" || !ready.load(Ordering::SeqCst) {
-                continue;
-            }
-            let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let n = ip.fetch_add(1, Ordering::SeqCst);
-            let status = if p["metadata"]["labels"]["job-name"].is_string() {
-                json!({"phase": "Succeeded"})
-            } else {
-                json!({"phase": "Running", "podIP": format!("10.42.{}.{}", n / 250, n % 250 + 1),
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-                    "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {"startedAt": now}}}]})
-            };
-            let _ = c
-                .patch(
-                    &pods(),
-                    Some(&ns),
-                    &name,
-                    Patch::Merge(json!({"status": status})),
-                    Some("status"),
-                    "kubelet",
-                )
-                .await;
-        }
-    });
-}
-
-async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = Option<T>>, T>(
-    what: &str,
-    f: F,
-) -> T {
-    for _ in 0..500 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn deploy() -> Resource {
     Resource::new("apps", "v1", "deployments")
@@ -150,7 +74,7 @@ async fn rollout_done(c: &Arc<dyn Client>, name: &str, replicas: i64) -> Value {
 async fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
     let c = client().await;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    fake_kubelet(c.clone(), ready.clone());
+    FakeKubelet::default().gated(ready.clone()).spawn(c.clone());
     tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // Watch ReplicaSets: the sum of their replicas never exceeds replicas + maxSurge (4 + 1).
@@ -375,7 +299,7 @@ async fn deployment_rolls_out_updates_within_bounds_and_rolls_back() {
 async fn replicaset_adopts_orphans_and_counts_status() {
     let c = client().await;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    fake_kubelet(c.clone(), ready.clone());
+    FakeKubelet::default().gated(ready.clone()).spawn(c.clone());
     // An orphan that matches.
     c.create(&pods(), Some("default"), json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan", "labels": {"app": "x"}},
         "spec": {"containers": [{"name": "c", "image": "i"}]}}), "test").await.unwrap();
@@ -440,10 +364,7 @@ async fn replicaset_adopts_orphans_and_counts_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_completes_and_is_cleaned_by_ttl() {
     let c = client().await;
-    fake_kubelet(
-        c.clone(),
-        Arc::new(std::sync::atomic::AtomicBool::new(true)),
-    );
+    FakeKubelet::default().spawn(c.clone());
     tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
     let jobs = Resource::new("batch", "v1", "jobs");
     c.create(&jobs, Some("default"), json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi"},
@@ -483,7 +404,7 @@ async fn job_completes_and_is_cleaned_by_ttl() {
 async fn endpoints_follow_ready_pods() {
     let c = client().await;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    fake_kubelet(c.clone(), ready.clone());
+    FakeKubelet::default().gated(ready.clone()).spawn(c.clone());
     tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
     c.create(&Resource::core("services"), Some("default"), json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}), "test").await.unwrap();

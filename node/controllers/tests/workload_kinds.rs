@@ -2,20 +2,15 @@
 //! store, with a fake kubelet (a task that marks pods Running+Ready and finishes graceful
 //! deletions).
 
-use k3rs_apiserver::local_client::LocalClient;
+mod common;
+
+use common::{client, eventually, pods, FakeKubelet};
 use k3rs_client::{Client, DeleteParams, ListParams, Patch, Resource, WatchEvent};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-async fn client() -> Arc<dyn Client> {
-    LocalClient::in_memory().await.expect("api")
-}
-
-fn pods() -> Resource {
-    Resource::core("pods")
-}
 fn sts() -> Resource {
     Resource::new("apps", "v1", "statefulsets")
 }
@@ -23,73 +18,12 @@ fn ds() -> Resource {
     Resource::new("apps", "v1", "daemonsets")
 }
 
-/// Plays the kubelet: Running+Ready (Job pods: Succeeded), and completes deletions.
-fn fake_kubelet(c: Arc<dyn Client>) {
-    tokio::spawn(async move {
-        let mut w = c
-            .watch(&pods(), None, &ListParams::default())
-            .await
-            .expect("watch");
-        while let Some(ev) = w.next().await {
-            let (WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev else {
-                continue;
-            };
-            let ns = p["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if !p["metadata"]["deletionTimestamp"].is_null() {
-                let _ = c
-                    .delete(
-                        &pods(),
-                        Some(&ns),
-                        &name,
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                continue;
-            }
-            if p["status"]["phase"] != "Pending" {
-                continue;
-            }
-            // Ready a moment later, so "created before its predecessor was Ready" is visible.
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let status = if p["metadata"]["labels"]["job-name"].is_string() {
-                json!({"phase": "Succeeded"})
-            } else {
-                json!({"phase": "Running", "podIP": "10.42.0.9",
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]})
-            };
-            let _ = c
-                .patch(
-                    &pods(),
-                    Some(&ns),
-                    &name,
-                    Patch::Merge(json!({ "status": status })),
-                    Some("status"),
-                    "kubelet",
-                )
-                .await;
-        }
-    });
-}
-
-async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = Option<T>>, T>(
-    what: &str,
-    f: F,
-) -> T {
-    for _ in 0..500 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
+/// The kubelet readies pods a moment after it sees them, so "created before its predecessor was
+/// Ready" is visible.
+fn kubelet(c: Arc<dyn Client>) {
+    FakeKubelet::default()
+        .delayed(Duration::from_millis(30))
+        .spawn(c);
 }
 
 fn ready(p: &Value) -> bool {
@@ -119,7 +53,7 @@ type Creation = (String, Vec<String>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_orders_pods_keeps_claims_and_updates_from_the_top() {
     let c = client().await;
-    fake_kubelet(c.clone());
+    kubelet(c.clone());
     // Record, for every pod creation, which pods were Ready at that moment.
     let created_while: Arc<Mutex<Vec<Creation>>> = Arc::default();
     {
@@ -324,7 +258,7 @@ async fn add_node(c: &Arc<dyn Client>, name: &str, taints: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonset_runs_one_pod_per_eligible_node_and_follows_nodes() {
     let c = client().await;
-    fake_kubelet(c.clone());
+    kubelet(c.clone());
     add_node(&c, "a", json!([])).await;
     add_node(&c, "b", json!([])).await;
     add_node(
@@ -415,7 +349,7 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_follows_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_controller_keeps_its_replica_count() {
     let c = client().await;
-    fake_kubelet(c.clone());
+    kubelet(c.clone());
     tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
     let rcs = Resource::core("replicationcontrollers");
     c.create(&rcs, Some("default"), json!({"apiVersion": "v1", "kind": "ReplicationController",
@@ -453,7 +387,7 @@ async fn replication_controller_keeps_its_replica_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cronjob_starts_a_missed_run_and_records_its_completion() {
     let c = client().await;
-    fake_kubelet(c.clone());
+    kubelet(c.clone());
     tokio::spawn(k3rs_controllers::run(c.clone(), Default::default()));
     let cjs = Resource::new("batch", "v1", "cronjobs");
     let jobs = Resource::new("batch", "v1", "jobs");
