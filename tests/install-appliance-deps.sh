@@ -3,7 +3,7 @@
 # Debian bookworm packages; see shared/appliance-facts.md.
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils cpio gdisk dosfstools mtools e2fsprogs erofs-utils squashfs-tools
-      kmod xz-utils systemd-boot-efi ovmf nftables)
+      kmod xz-utils ovmf nftables qemu-system-arm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

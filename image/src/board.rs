@@ -29,7 +29,20 @@ pub struct Board {
     pub kernel: Kernel,
     pub boot: Boot,
     pub disk: Disk,
+    #[serde(default)]
+    pub tools: Tools,
     pub qemu: Option<Qemu>,
+}
+
+/// Userland binaries the node runs (`nft`, `mke2fs`), from the board architecture's Debian
+/// packages; their shared libraries come along through the ELF `DT_NEEDED` closure, so
+/// `packages` must hold the libraries' packages too (the build names any that is missing).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Tools {
+    pub packages: Vec<String>,
+    /// Paths as installed (`/usr/sbin/nft`).
+    pub binaries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,8 +54,6 @@ pub struct Kernel {
     pub image: String,
     pub cmdline: String,
     pub modules: Vec<String>,
-    #[serde(default)]
-    pub tools: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,13 +61,22 @@ pub struct Kernel {
 pub enum Boot {
     #[serde(rename = "systemd-boot")]
     SystemdBoot {
+        /// Debian package holding the boot manager (`systemd-boot-efi`), for the board's arch.
+        efi_package: String,
+        /// Path of the EFI binary inside that package.
         efi_binary: String,
+        /// Name under `EFI/BOOT/` on the ESP (the removable-media path firmware falls back to).
         efi_name: String,
     },
+    /// The Raspberry Pi's GPU firmware reads `config.txt` from the first MBR partition (FAT)
+    /// and loads the kernel, initramfs and device tree named there; no UEFI.
     #[serde(rename = "rpi-firmware")]
     RpiFirmware {
         firmware_package: String,
+        /// Paths inside the firmware package, copied to the boot partition's root.
         firmware_files: Vec<String>,
+        /// Paths inside the kernel package, copied to the boot partition's root.
+        device_trees: Vec<String>,
         config_txt: String,
     },
 }
@@ -84,8 +104,26 @@ pub struct Qemu {
     pub system: String,
     pub machine: String,
     pub cpu: Option<String>,
+    /// vCPUs when the machine fixes them (`raspi3b`: 4).
+    pub cpus: Option<u32>,
+    /// Where the boot disk goes: `virtio` (default) or `sd`.
+    #[serde(default)]
+    pub disk_bus: DiskBus,
+    /// Network device model (default `virtio-net-pci`).
+    pub nic: Option<String>,
+    /// Index of the UART that carries the console (default 0).
+    #[serde(default)]
+    pub console_serial: usize,
     pub firmware: Option<String>,
     pub firmware_vars: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Sd,
 }
 
 impl Board {

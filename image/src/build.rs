@@ -2,6 +2,7 @@
 
 use crate::board::{Board, Boot, SlotFs};
 use crate::cpio::{Archive, Entry};
+use crate::debs::{self, Apt};
 use k3rs_init::modules::ModuleDb;
 use sha2::{Digest, Sha256};
 use std::io::{Seek, SeekFrom, Write};
@@ -32,16 +33,20 @@ pub enum ImageError {
     NoXz(String),
     #[error("board {board}: {what} is not supported by this builder yet")]
     Unsupported { board: String, what: String },
+    #[error("{library} is needed by a tool but in none of the [tools] packages (unpacked at {sysroot}); add its Debian package to the board config")]
+    MissingLibrary { library: String, sysroot: String },
+    #[error("{path} is not a readable ELF file: {message}")]
+    Elf { path: String, message: String },
 }
 
-fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, ImageError> {
+pub(crate) fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, ImageError> {
     r.map_err(|source| ImageError::Io {
         what: what.into(),
         source,
     })
 }
 
-fn run(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|source| ImageError::Missing {
         cmd: shown.clone(),
@@ -73,6 +78,8 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// Rebuild even when the inputs digest matches the last build.
     pub force: bool,
+    /// One-line apt sources the packages are fetched from ([`debs::DEFAULT_APT_SOURCES`]).
+    pub apt_sources: String,
 }
 
 /// What was built. Direct-boot files sit in `<out>.boot/`.
@@ -83,6 +90,8 @@ pub struct BuildOutput {
     pub vmlinux: PathBuf,
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,
+    /// The board's first device tree (Raspberry Pi boards), for direct boots.
+    pub dtb: Option<PathBuf>,
     pub cmdline: String,
     pub disk_bytes: u64,
     pub reused: bool,
@@ -90,7 +99,7 @@ pub struct BuildOutput {
 
 const MIB: u64 = 1024 * 1024;
 /// Bump when the recipe changes, so cached images are rebuilt.
-const RECIPE_VERSION: &str = "k3rs-image/5";
+const RECIPE_VERSION: &str = "k3rs-image/6";
 
 fn boot_dir(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
@@ -139,6 +148,7 @@ pub fn inputs_digest(o: &BuildOptions) -> Result<String, ImageError> {
     )?);
     hash_tree(&mut h, &o.rootfs_dir);
     h.update(o.source_date_epoch.to_le_bytes());
+    h.update(&o.apt_sources);
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -149,6 +159,12 @@ fn output_of(o: &BuildOptions, reused: bool) -> BuildOutput {
         vmlinux: bd.join("vmlinux"),
         vmlinuz: bd.join("vmlinuz"),
         initrd: bd.join("initrd.img"),
+        dtb: match &o.board.boot {
+            Boot::RpiFirmware { device_trees, .. } => device_trees
+                .first()
+                .map(|d| bd.join(Path::new(d).file_name().unwrap_or_default())),
+            Boot::SystemdBoot { .. } => None,
+        },
         cmdline: std::fs::read_to_string(bd.join("cmdline"))
             .unwrap_or_default()
             .trim()
@@ -176,12 +192,17 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
         info!(disk = %o.out.display(), "inputs unchanged; reusing the image");
         return Ok(output_of(o, true));
     }
-    if let Boot::RpiFirmware { .. } = b.boot {
-        return Err(ImageError::Unsupported {
-            board: b.name.clone(),
-            what: "the Raspberry Pi firmware boot layout".into(),
-        });
-    }
+    let triplet = match b.arch.as_str() {
+        "x86_64" => "x86_64-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        other => {
+            return Err(ImageError::Unsupported {
+                board: b.name.clone(),
+                what: format!("arch {other}"),
+            })
+        }
+    };
+    let mut apt = Apt::new(&o.cache_dir, &o.apt_sources);
     let _ = std::fs::remove_file(&stamp);
     let work = o.cache_dir.join(format!("work-{}", b.name));
     let _ = std::fs::remove_dir_all(&work);
@@ -190,7 +211,7 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
     io("creating the boot dir", std::fs::create_dir_all(&bd))?;
 
     info!("[1/7] kernel package {}", b.kernel.package);
-    let kroot = kernel_tree(o)?;
+    let kroot = kernel_tree(o, &mut apt)?;
     let moddir_rel = format!("lib/modules/{}", b.kernel.release);
     let moddir = kroot.join(&moddir_rel);
 
@@ -300,8 +321,15 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
     }
     tree.add("tmp", Entry::Dir { mode: 0o1777 });
     tree.add("root", Entry::Dir { mode: 0o700 });
-    for t in &b.kernel.tools {
-        add_tool(&mut tree, t)?;
+    if !b.tools.binaries.is_empty() {
+        let sysroot = debs::unpacked(
+            &mut apt,
+            &o.cache_dir,
+            "tools",
+            &b.tools.packages,
+            &b.deb_arch,
+        )?;
+        crate::tools::add_binaries(&mut tree, &sysroot, triplet, &b.tools.binaries)?;
     }
     tree.add(
         "etc/k3rs/modules",
@@ -367,9 +395,19 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
     make_slot(b.disk.root_a, &staging, &slot_a, o.source_date_epoch)?;
     make_slot(b.disk.root_b, &staging, &slot_b, o.source_date_epoch)?;
 
-    info!("[6/7] EFI system partition (vfat, systemd-boot)");
     let esp = work.join("esp.img");
-    make_esp(o, &bd, &esp)?;
+    let esp_type = match &b.boot {
+        Boot::SystemdBoot { .. } => {
+            info!("[6/7] EFI system partition (vfat, systemd-boot)");
+            make_esp(o, &mut apt, &bd, &esp)?;
+            "ef00"
+        }
+        Boot::RpiFirmware { .. } => {
+            info!("[6/7] firmware partition (vfat, Raspberry Pi firmware)");
+            make_rpi_boot(o, &mut apt, &kroot, &bd, &esp)?;
+            "0700"
+        }
+    };
 
     let qcow2 = is_qcow2(&o.out);
     // qcow2: the raw disk is assembled in the work dir and converted at the end.
@@ -379,13 +417,17 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
         o.out.clone()
     };
     info!("[7/7] GPT disk {}", raw.display());
+    // The boot partition keeps the GPT name "ESP" on every board: PID 1 finds k3rs.toml there.
     let parts = [
-        ("ESP", "ef00", b.disk.esp_mib, Some(esp)),
+        ("ESP", esp_type, b.disk.esp_mib, Some(esp)),
         ("rootA", "8300", b.disk.root_mib, Some(slot_a)),
         ("rootB", "8300", b.disk.root_mib, Some(slot_b)),
         ("data", "8300", b.disk.data_mib, None),
     ];
     assemble_gpt(&raw, &parts)?;
+    if let Boot::RpiFirmware { .. } = b.boot {
+        write_hybrid_mbr(&raw, MIB / 512, b.disk.esp_mib * MIB / 512)?;
+    }
     if qcow2 {
         info!("      qemu-img convert -O qcow2 {}", o.out.display());
         convert_to_qcow2(&raw, &o.out)?;
@@ -428,7 +470,7 @@ pub fn allocated_bytes(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
-fn kernel_tree(o: &BuildOptions) -> Result<PathBuf, ImageError> {
+fn kernel_tree(o: &BuildOptions, apt: &mut Apt) -> Result<PathBuf, ImageError> {
     let k = &o.board.kernel;
     let root = o.cache_dir.join("kernels").join(&k.package);
     if root
@@ -440,35 +482,7 @@ fn kernel_tree(o: &BuildOptions) -> Result<PathBuf, ImageError> {
         info!("      cached at {}", root.display());
         return Ok(root);
     }
-    let debs = o.cache_dir.join("debs");
-    io("creating the deb cache", std::fs::create_dir_all(&debs))?;
-    let find = || -> Option<PathBuf> {
-        std::fs::read_dir(&debs)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n.starts_with(&format!("{}_", k.package))
-                        && n.ends_with(&format!("_{}.deb", o.board.deb_arch))
-                })
-            })
-    };
-    let deb = match find() {
-        Some(d) => d,
-        None => {
-            info!("      apt-get download {}:{}", k.package, o.board.deb_arch);
-            run(Command::new("apt-get")
-                .arg("download")
-                .arg(format!("{}:{}", k.package, o.board.deb_arch))
-                .current_dir(&debs))?;
-            find().ok_or_else(|| ImageError::Tool {
-                cmd: "apt-get download".into(),
-                stderr: "no .deb appeared".into(),
-            })?
-        }
-    };
+    let deb = apt.download(&k.package, &o.board.deb_arch)?;
     let tmp = o
         .cache_dir
         .join("kernels")
@@ -481,28 +495,6 @@ fn kernel_tree(o: &BuildOptions) -> Result<PathBuf, ImageError> {
     let _ = std::fs::remove_dir_all(&root);
     io("placing the kernel tree", std::fs::rename(&tmp, &root))?;
     Ok(root)
-}
-
-/// Adds a host binary and the shared libraries `ldd` lists for it.
-fn add_tool(tree: &mut Archive, tool: &str) -> Result<(), ImageError> {
-    let data = io(format!("reading {tool}"), std::fs::read(tool))?;
-    tree.add(tool, Entry::File { mode: 0o755, data });
-    let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(tool))?).into_owned();
-    for line in ldd.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        let Some(path) = path.filter(|p| p.starts_with('/')) else {
-            continue;
-        };
-        let data = io(format!("reading {path}"), std::fs::read(path))?;
-        tree.add(path, Entry::File { mode: 0o755, data });
-    }
-    Ok(())
 }
 
 fn add_rootfs(tree: &mut Archive, base: &Path, dir: &Path) -> Result<(), ImageError> {
@@ -612,91 +604,209 @@ fn make_slot(fs: SlotFs, dir: &Path, out: &Path, epoch: u64) -> Result<(), Image
     Ok(())
 }
 
-fn make_esp(o: &BuildOptions, bd: &Path, esp: &Path) -> Result<(), ImageError> {
+fn make_esp(o: &BuildOptions, apt: &mut Apt, bd: &Path, esp: &Path) -> Result<(), ImageError> {
     let Boot::SystemdBoot {
+        efi_package,
         efi_binary,
         efi_name,
     } = &o.board.boot
     else {
-        return Err(ImageError::Unsupported {
-            board: o.board.name.clone(),
-            what: "non-UEFI boot".into(),
-        });
+        unreachable!("make_esp is called for systemd-boot boards only");
     };
-    let _ = std::fs::remove_file(esp);
-    let kib = o.board.disk.esp_mib * 1024;
-    run(Command::new("mkfs.vfat")
-        .args(["-C", "-n", "ESP", "-i", "4b335253", "--invariant"])
-        .arg(esp)
-        .arg(kib.to_string()))?;
-    let files = esp.with_extension("files");
-    let _ = std::fs::remove_dir_all(&files);
-    let cmdline = o.board.kernel.cmdline.clone();
+    let efi_root = debs::unpacked(
+        apt,
+        &o.cache_dir,
+        "efi",
+        std::slice::from_ref(efi_package),
+        &o.board.deb_arch,
+    )?;
+    let cmdline = &o.board.kernel.cmdline;
     let entry = |slot: &str| {
         format!("title k3rs (slot {slot})\nlinux /k3rs/vmlinuz\ninitrd /k3rs/initrd.img\noptions {cmdline} k3rs.slot={slot}\n")
     };
-    let put = |rel: &str, data: &[u8]| -> Result<(), ImageError> {
-        let p = files.join(rel);
-        io(
-            "esp staging",
-            std::fs::create_dir_all(p.parent().unwrap_or(&files)),
-        )?;
-        io("esp staging", std::fs::write(&p, data))?;
-        let f = io("esp staging", std::fs::File::options().write(true).open(&p))?;
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(o.source_date_epoch);
-        io("esp mtime", f.set_modified(t))
+    let files = vec![
+        (
+            format!("EFI/BOOT/{efi_name}"),
+            read(&efi_root.join(efi_binary))?,
+        ),
+        (
+            "loader/loader.conf".to_string(),
+            b"default k3rs-a.conf\ntimeout 0\nconsole-mode keep\n".to_vec(),
+        ),
+        ("loader/entries/k3rs-a.conf".into(), entry("A").into_bytes()),
+        ("loader/entries/k3rs-b.conf".into(), entry("B").into_bytes()),
+        ("k3rs/vmlinuz".into(), read(&bd.join("vmlinuz"))?),
+        ("k3rs/initrd.img".into(), read(&bd.join("initrd.img"))?),
+    ];
+    make_vfat(
+        esp,
+        o.board.disk.esp_mib,
+        "ESP",
+        &files,
+        o.source_date_epoch,
+    )
+}
+
+/// The Raspberry Pi boot partition: the GPU firmware, `config.txt` and `cmdline.txt` (slot A),
+/// the kernel, initramfs and device trees, all at the partition's root where the firmware looks.
+fn make_rpi_boot(
+    o: &BuildOptions,
+    apt: &mut Apt,
+    kroot: &Path,
+    bd: &Path,
+    out: &Path,
+) -> Result<(), ImageError> {
+    let Boot::RpiFirmware {
+        firmware_package,
+        firmware_files,
+        device_trees,
+        config_txt,
+    } = &o.board.boot
+    else {
+        unreachable!("make_rpi_boot is called for rpi-firmware boards only");
     };
-    put(
-        &format!("EFI/BOOT/{efi_name}"),
-        &io(format!("reading {efi_binary}"), std::fs::read(efi_binary))?,
+    let fw_root = debs::unpacked(
+        apt,
+        &o.cache_dir,
+        "firmware",
+        std::slice::from_ref(firmware_package),
+        &o.board.deb_arch,
     )?;
-    put(
-        "loader/loader.conf",
-        b"default k3rs-a.conf\ntimeout 0\nconsole-mode keep\n",
-    )?;
-    put("loader/entries/k3rs-a.conf", entry("A").as_bytes())?;
-    put("loader/entries/k3rs-b.conf", entry("B").as_bytes())?;
-    put(
-        "k3rs/vmlinuz",
-        &io("reading vmlinuz", std::fs::read(bd.join("vmlinuz")))?,
-    )?;
-    put(
-        "k3rs/initrd.img",
-        &io("reading initrd", std::fs::read(bd.join("initrd.img")))?,
-    )?;
-    for d in ["EFI", "EFI/BOOT", "loader", "loader/entries", "k3rs"] {
-        run(Command::new("mmd")
-            .arg("-i")
-            .arg(esp)
-            .arg(format!("::{d}"))
-            .env("SOURCE_DATE_EPOCH", o.source_date_epoch.to_string()))?;
+    let base = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut files = Vec::new();
+    for f in firmware_files {
+        files.push((base(f), read(&fw_root.join(f))?));
     }
-    for f in ["EFI/BOOT", "loader", "loader/entries", "k3rs"] {
-        let Ok(rd) = std::fs::read_dir(files.join(f)) else {
-            continue;
-        };
-        let mut names: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        names.sort();
-        for n in names {
-            let dest = format!(
-                "::{f}/{}",
-                n.file_name().unwrap_or_default().to_string_lossy()
-            );
-            run(Command::new("mcopy")
-                .arg("-m")
-                .arg("-i")
-                .arg(esp)
-                .arg(&n)
-                .arg(dest)
-                .env("SOURCE_DATE_EPOCH", o.source_date_epoch.to_string()))?;
+    for d in device_trees {
+        let data = read(&kroot.join(d))?;
+        // Direct boots (QEMU's raspi3b has no GPU firmware) take the dtb from the boot dir.
+        io(
+            "writing the device tree",
+            std::fs::write(bd.join(base(d)), &data),
+        )?;
+        files.push((base(d), data));
+    }
+    files.push((
+        "config.txt".into(),
+        format!("{}\n", config_txt.trim()).into_bytes(),
+    ));
+    files.push((
+        "cmdline.txt".into(),
+        format!("{} k3rs.slot=A\n", o.board.kernel.cmdline).into_bytes(),
+    ));
+    files.push(("vmlinuz".into(), read(&bd.join("vmlinuz"))?));
+    files.push(("initrd.img".into(), read(&bd.join("initrd.img"))?));
+    make_vfat(
+        out,
+        o.board.disk.esp_mib,
+        "BOOT",
+        &files,
+        o.source_date_epoch,
+    )
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, ImageError> {
+    io(format!("reading {}", p.display()), std::fs::read(p))
+}
+
+/// A FAT filesystem image of `mib` MiB holding `files` (paths relative to its root), every
+/// timestamp and the volume id fixed so the bytes are reproducible.
+fn make_vfat(
+    out: &Path,
+    mib: u64,
+    label: &str,
+    files: &[(String, Vec<u8>)],
+    epoch: u64,
+) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mkfs.vfat")
+        .args(["-C", "-n", label, "-i", "4b335253", "--invariant"])
+        .arg(out)
+        .arg((mib * 1024).to_string()))?;
+    let staging = out.with_extension("files");
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (rel, _) in &sorted {
+        let mut parent = Path::new(rel.as_str()).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
         }
     }
-    let _ = std::fs::remove_dir_all(&files);
+    let mtools = |args: &mut Command| -> Result<(), ImageError> {
+        run(args.env("SOURCE_DATE_EPOCH", epoch.to_string())).map(|_| ())
+    };
+    // BTreeSet order puts a parent before its children.
+    for d in &dirs {
+        mtools(Command::new("mmd").arg("-i").arg(out).arg(format!("::{d}")))?;
+    }
+    io("esp staging", std::fs::create_dir_all(&staging))?;
+    for (i, (rel, data)) in sorted.iter().enumerate() {
+        // mcopy -m keeps the source's mtime: stage each file with the fixed one.
+        let src = staging.join(i.to_string());
+        io("esp staging", std::fs::write(&src, data))?;
+        let f = io(
+            "esp staging",
+            std::fs::File::options().write(true).open(&src),
+        )?;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+        io("esp mtime", f.set_modified(t))?;
+        mtools(
+            Command::new("mcopy")
+                .arg("-m")
+                .arg("-i")
+                .arg(out)
+                .arg(&src)
+                .arg(format!("::{rel}")),
+        )?;
+    }
+    let _ = std::fs::remove_dir_all(&staging);
     Ok(())
+}
+
+/// Turns the protective MBR sgdisk wrote into a hybrid one: entry 1 is the FAT boot partition
+/// (type 0x0c, which the Raspberry Pi boot ROM and bootcode.bin look for; the Pi 3 reads no
+/// GPT), entry 2 the 0xEE partition from LBA 1 covering the GPT itself. Linux still reads the
+/// GPT (an 0xEE entry at LBA 1 marks the MBR as hybrid), so PARTLABELs keep working.
+fn write_hybrid_mbr(disk: &Path, boot_start: u64, boot_sectors: u64) -> Result<(), ImageError> {
+    let mut f = io(
+        "opening the disk",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk),
+    )?;
+    let mut mbr = [0u8; 512];
+    io(
+        "reading the MBR",
+        std::io::Read::read_exact(&mut f, &mut mbr),
+    )?;
+    let entry = |ty: u8, start: u64, sectors: u64| -> [u8; 16] {
+        let mut e = [0u8; 16];
+        // CHS fields unused (LBA addressing): the conventional "beyond CHS" markers.
+        e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[4] = ty;
+        e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[8..12].copy_from_slice(&(start as u32).to_le_bytes());
+        e[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+        e
+    };
+    mbr[446..462].copy_from_slice(&entry(0x0c, boot_start, boot_sectors));
+    mbr[462..478].copy_from_slice(&entry(0xee, 1, boot_start - 1));
+    mbr[478..510].fill(0);
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    io("seek", f.seek(SeekFrom::Start(0)))?;
+    io("writing the hybrid MBR", f.write_all(&mbr))?;
+    io("sync", f.sync_all())
 }
 
 /// Lays out partitions 1 MiB aligned, writes the GPT with sgdisk (fixed GUIDs) and copies the

@@ -34,6 +34,10 @@ enum Cmd {
         /// Rebuild even if the inputs are unchanged.
         #[arg(long)]
         force: bool,
+        /// apt sources (one-line format) for the kernel, tool and firmware packages; default:
+        /// deb.debian.org bookworm main + non-free-firmware, updates and security.
+        #[arg(long)]
+        apt_sources: Option<PathBuf>,
     },
 }
 
@@ -55,8 +59,14 @@ fn main() -> Result<()> {
                 rootfs,
                 source_date_epoch,
                 force,
+                apt_sources,
             },
     } = Cli::parse();
+    let apt_sources = match apt_sources {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("reading the apt sources {}", p.display()))?,
+        None => k3rs_image::DEFAULT_APT_SOURCES.to_string(),
+    };
     let b = k3rs_image::board::Board::load(&board)?;
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -70,6 +80,7 @@ fn main() -> Result<()> {
         out,
         source_date_epoch,
         force,
+        apt_sources,
     };
     let built = k3rs_image::build(&opts).context("building the image")?;
     println!(

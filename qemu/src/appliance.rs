@@ -1,7 +1,8 @@
 //! The x86_64 appliance as tests and the benchmark use it: build (or reuse) the image from this
 //! workspace and boot it with a NoCloud seed under direct kernel boot.
 
-use crate::{DirectBoot, QemuError, Vm};
+use crate::{DirectBoot, DiskBus, QemuError, Vm};
+use k3rs_image::board::Board;
 use std::path::{Path, PathBuf};
 
 /// The workspace root (this crate lives in `qemu/`).
@@ -35,6 +36,15 @@ pub fn x86_64_options(
     board_options("x86_64-uefi", static_k3rs(), out)
 }
 
+/// The image build options for a Raspberry Pi board (`rpi3`, `rpi4`): the same static aarch64
+/// k3rs as the arm64 UEFI board.
+pub fn rpi_options(
+    board: &str,
+    out: &Path,
+) -> Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError> {
+    board_options(board, static_k3rs_arm64(), out)
+}
+
 /// The image build options for the generic arm64 UEFI board.
 pub fn arm64_options(
     out: &Path,
@@ -58,6 +68,7 @@ fn board_options(
         out: out.to_path_buf(),
         source_date_epoch: 1_767_225_600,
         force: false,
+        apt_sources: k3rs_image::DEFAULT_APT_SOURCES.to_string(),
     })
 }
 
@@ -69,34 +80,79 @@ pub fn test_user_data(extra: &str) -> String {
     )
 }
 
-/// The arm64 image under `qemu-system-aarch64 -M virt -cpu cortex-a72` (TCG; `-cpu max` is
-/// several times slower to boot), direct boot of the kernel's uncompressed `Image`.
-pub fn boot_arm64(
+/// Boots a built image of `board` the way its `[qemu]` section says: direct kernel boot (the
+/// ELF `vmlinux` where the build extracted one, else the kernel image as packaged), the board's
+/// machine, CPU, disk bus, NIC and console UART, 1 GiB, hostfwd for 6443.
+pub fn boot_board(
+    board: &Board,
     built: &k3rs_image::BuildOutput,
     disk: &Path,
     seed: Option<&Path>,
+    extra_cmdline: &str,
 ) -> Result<Vm, QemuError> {
+    let q = board.qemu.clone().ok_or_else(|| QemuError::NoQemuSection {
+        board: board.name.clone(),
+    })?;
+    let cmdline = format!("{} {extra_cmdline}", built.cmdline)
+        .trim()
+        .to_string();
+    let kernel = if built.vmlinux.exists() {
+        built.vmlinux.clone()
+    } else {
+        built.vmlinuz.clone()
+    };
     let mut b = Vm::builder()
-        .qemu("qemu-system-aarch64")
-        .machine("virt")
-        .accel(crate::Accel::Tcg)
-        .arg("-cpu")
-        .arg("cortex-a72")
+        .qemu(&q.system)
+        .machine(&q.machine)
         .disk(disk)
+        .disk_bus(match q.disk_bus {
+            k3rs_image::board::DiskBus::Virtio => DiskBus::Virtio,
+            k3rs_image::board::DiskBus::Sd => DiskBus::Sd,
+        })
+        .console_serial(q.console_serial)
         .direct_boot(DirectBoot {
-            kernel: built.vmlinuz.clone(),
+            kernel,
             initrd: built.initrd.clone(),
-            cmdline: built.cmdline.clone(),
+            cmdline,
+            dtb: built.dtb.clone(),
         })
         .memory(1024)
         .hostfwd(6443);
+    if board.arch != std::env::consts::ARCH {
+        // KVM cannot run another architecture; skip the probe.
+        b = b.accel(crate::Accel::Tcg);
+    }
+    if let Some(cpu) = &q.cpu {
+        b = b.arg("-cpu").arg(cpu);
+    }
+    if let Some(n) = q.cpus {
+        b = b.cpus(n);
+    }
+    if let Some(nic) = &q.nic {
+        b = b.nic(nic);
+    }
     if let Some(s) = seed {
         b = b.seed(s);
     }
     b.spawn()
 }
 
-/// A VM builder for the built image: direct kernel boot, 1 GiB, hostfwd for 6443.
+fn load_board(name: &str) -> Result<Board, QemuError> {
+    let path = workspace_root().join(format!("board-configs/{name}.toml"));
+    Board::load(&path).map_err(|e| QemuError::Board(e.to_string()))
+}
+
+/// The arm64 image under `qemu-system-aarch64 -M virt -cpu cortex-a72` (TCG; `-cpu max` is
+/// several times slower to boot).
+pub fn boot_arm64(
+    built: &k3rs_image::BuildOutput,
+    disk: &Path,
+    seed: Option<&Path>,
+) -> Result<Vm, QemuError> {
+    boot_board(&load_board("arm64-uefi")?, built, disk, seed, "")
+}
+
+/// The x86_64 image: direct kernel boot, 1 GiB, hostfwd for 6443.
 pub fn boot(
     built: &k3rs_image::BuildOutput,
     disk: &Path,
@@ -112,20 +168,43 @@ pub fn boot_with(
     seed: Option<&Path>,
     extra_cmdline: &str,
 ) -> Result<Vm, QemuError> {
-    let cmdline = format!("{} {extra_cmdline}", built.cmdline)
-        .trim()
-        .to_string();
-    let mut b = Vm::builder()
-        .disk(disk)
-        .direct_boot(DirectBoot {
-            kernel: built.vmlinux.clone(),
-            initrd: built.initrd.clone(),
-            cmdline,
-        })
-        .memory(1024)
-        .hostfwd(6443);
-    if let Some(s) = seed {
-        b = b.seed(s);
-    }
-    b.spawn()
+    boot_board(
+        &load_board("x86_64-uefi")?,
+        built,
+        disk,
+        seed,
+        extra_cmdline,
+    )
+}
+
+/// An SD card for `-M raspi3b` from a built Raspberry Pi image: a sparse copy with `k3rs_toml`
+/// written to the boot partition (as a user edits the card before first boot), grown to the next
+/// power of two, which QEMU requires of SD cards (the data partition grows into it at boot).
+pub fn rpi_sd_card(image: &Path, out: &Path, k3rs_toml: &str) -> Result<(), QemuError> {
+    let _ = std::fs::remove_file(out);
+    crate::run(
+        std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(out),
+    )?;
+    let toml = out.with_extension("k3rs.toml");
+    crate::io("writing k3rs.toml", std::fs::write(&toml, k3rs_toml))?;
+    // The boot partition starts at 1 MiB on every board (image/src/build.rs assemble_gpt).
+    let copied = crate::run(
+        std::process::Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@1M", out.display()))
+            .arg(&toml)
+            .arg("::k3rs.toml"),
+    );
+    let _ = std::fs::remove_file(&toml);
+    copied?;
+    let len = crate::io("sizing the SD card", std::fs::metadata(out))?.len();
+    let f = crate::io(
+        "opening the SD card",
+        std::fs::OpenOptions::new().write(true).open(out),
+    )?;
+    crate::io("growing the SD card", f.set_len(len.next_power_of_two()))
 }

@@ -43,6 +43,10 @@ pub enum QemuError {
     Qmp(String),
     #[error("`{cmd}` failed: {stderr}")]
     Tool { cmd: String, stderr: String },
+    #[error("board {board} has no [qemu] section")]
+    NoQemuSection { board: String },
+    #[error("board config: {0}")]
+    Board(String),
 }
 
 fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, QemuError> {
@@ -65,6 +69,17 @@ pub struct DirectBoot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// Device tree for boards QEMU has no firmware to supply one (`-M raspi3b`).
+    pub dtb: Option<PathBuf>,
+}
+
+/// How the boot disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk (/dev/vda): PCs and `-M virt`.
+    Virtio,
+    /// The board's SD card slot (/dev/mmcblk0): `-M raspi3b`. QEMU wants a power-of-two size.
+    Sd,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +96,9 @@ pub struct VmBuilder {
     accel: Option<Accel>,
     dir: Option<PathBuf>,
     extra: Vec<String>,
+    disk_bus: DiskBus,
+    nic: String,
+    console_serial: usize,
 }
 
 impl Default for VmBuilder {
@@ -98,6 +116,9 @@ impl Default for VmBuilder {
             accel: None,
             dir: None,
             extra: Vec::new(),
+            disk_bus: DiskBus::Virtio,
+            nic: "virtio-net-pci".into(),
+            console_serial: 0,
         }
     }
 }
@@ -157,6 +178,21 @@ impl VmBuilder {
     /// Where the console log, QMP socket and firmware vars go (default: a new temp dir).
     pub fn dir(mut self, d: impl Into<PathBuf>) -> Self {
         self.dir = Some(d.into());
+        self
+    }
+    pub fn disk_bus(mut self, b: DiskBus) -> Self {
+        self.disk_bus = b;
+        self
+    }
+    /// The network device model (`virtio-net-pci`; `usb-net` on boards without PCI).
+    pub fn nic(mut self, model: &str) -> Self {
+        self.nic = model.into();
+        self
+    }
+    /// Which of the machine's UARTs is the captured console (0: the first). The Raspberry Pi's
+    /// GPIO console is the mini UART, QEMU's second serial port there.
+    pub fn console_serial(mut self, index: usize) -> Self {
+        self.console_serial = index;
         self
     }
     pub fn arg(mut self, a: &str) -> Self {
@@ -220,6 +256,9 @@ impl VmBuilder {
             "-monitor",
             "none",
         ]);
+        for _ in 0..self.console_serial {
+            cmd.args(["-serial", "null"]);
+        }
         cmd.args([
             "-chardev",
             "stdio,id=con0,signal=off",
@@ -235,6 +274,9 @@ impl VmBuilder {
                 .arg(&d.initrd)
                 .arg("-append")
                 .arg(&d.cmdline);
+            if let Some(dtb) = &d.dtb {
+                cmd.arg("-dtb").arg(dtb);
+            }
         }
         if let Some((code, vars)) = &self.uefi {
             let v = dir.join("efivars.fd");
@@ -252,8 +294,12 @@ impl VmBuilder {
             } else {
                 "raw"
             };
+            let bus = match self.disk_bus {
+                DiskBus::Virtio => "virtio",
+                DiskBus::Sd => "sd",
+            };
             cmd.arg("-drive").arg(format!(
-                "file={},format={fmt},if=virtio,cache=unsafe",
+                "file={},format={fmt},if={bus},cache=unsafe",
                 d.display()
             ));
         }
@@ -272,7 +318,8 @@ impl VmBuilder {
         }
         cmd.arg("-netdev")
             .arg(netdev)
-            .args(["-device", "virtio-net-pci,netdev=n0"]);
+            .arg("-device")
+            .arg(format!("{},netdev=n0", self.nic));
         cmd.args(&self.extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -369,6 +416,7 @@ pub fn probe_kvm(qemu: &str, kernel: &Path) -> bool {
             kernel: kernel.into(),
             initrd: PathBuf::from("/dev/null"),
             cmdline: "console=ttyS0 panic=-1".into(),
+            dtb: None,
         })
         .spawn();
     let ok = match vm {

@@ -26,6 +26,11 @@ enum Cmd {
         uefi: bool,
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// The board config the image was built from: its [qemu] section picks the machine, CPU,
+        /// disk bus, NIC and console (e.g. board-configs/rpi3.toml for `-M raspi3b`, whose SD
+        /// card must be a power of two in size: `qemu-img resize`). Default: x86_64 direct boot.
+        #[arg(long, conflicts_with = "uefi")]
+        board: Option<PathBuf>,
     },
 }
 
@@ -42,6 +47,7 @@ fn main() -> Result<()> {
                 seed,
                 uefi,
                 memory,
+                board,
             },
     } = Cli::parse();
     let dir = tempfile::tempdir()?;
@@ -61,8 +67,10 @@ fn main() -> Result<()> {
             kernel: boot.join("vmlinux"),
             initrd: boot.join("initrd.img"),
             cmdline: cmdline.trim().to_string(),
+            dtb: None,
         });
     }
+    let mut seed_img = None;
     if let Some(s) = seed {
         let is_user_data = std::fs::read(&s)
             .map(|d| d.starts_with(b"#cloud-config"))
@@ -74,12 +82,21 @@ fn main() -> Result<()> {
                 &std::fs::read_to_string(&s)?,
                 "instance-id: k3rs\n",
             )?;
-            b = b.seed(img);
+            b = b.seed(&img);
+            seed_img = Some(img);
         } else {
-            b = b.seed(s);
+            b = b.seed(&s);
+            seed_img = Some(s);
         }
     }
-    let mut vm = b.spawn()?;
+    let mut vm = match board {
+        Some(board) => {
+            let board = k3rs_image::board::Board::load(&board)?;
+            let built = built_from_boot_dir(&disk)?;
+            k3rs_qemu::appliance::boot_board(&board, &built, &disk, seed_img.as_deref(), "")?
+        }
+        None => b.spawn()?,
+    };
     eprintln!(
         "k3rs-qemu: API forwarded to https://127.0.0.1:{} (accel {:?}); Ctrl-C stops QEMU",
         vm.host_port(6443).unwrap_or(0),
@@ -100,4 +117,28 @@ fn main() -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// What `k3rs-image build` left next to the disk (`<disk>.boot/`), for a board's direct boot.
+fn built_from_boot_dir(disk: &std::path::Path) -> Result<k3rs_image::BuildOutput> {
+    let mut boot = disk.to_path_buf().into_os_string();
+    boot.push(".boot");
+    let boot = PathBuf::from(boot);
+    let cmdline = std::fs::read_to_string(boot.join("cmdline"))
+        .with_context(|| format!("reading {}/cmdline", boot.display()))?;
+    let dtb = std::fs::read_dir(&boot)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "dtb"));
+    Ok(k3rs_image::BuildOutput {
+        disk: disk.to_path_buf(),
+        vmlinux: boot.join("vmlinux"),
+        vmlinuz: boot.join("vmlinuz"),
+        initrd: boot.join("initrd.img"),
+        dtb,
+        cmdline: cmdline.trim().to_string(),
+        boot_dir: boot,
+        disk_bytes: std::fs::metadata(disk).map(|m| m.len()).unwrap_or(0),
+        reused: true,
+    })
 }

@@ -317,6 +317,44 @@ fn boots_serves_kubectl_powers_off_and_keeps_data() -> Result<()> {
     )?;
     assert_eq!(v.trim(), "1");
     wait_jsonpath(&kc, AIRGAP_PHASE, "Running", Duration::from_secs(60))?;
+
+    // The log file on the data partition holds PID 1's lines and the daemon's, across the
+    // restart: read from the guest by a pod mounting <data>/logs.
+    let reader = dir.path().join("logreader.yaml");
+    std::fs::write(
+        &reader,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: logreader\nspec:\n  restartPolicy: Never\n  containers:\n  - name: read\n    image: busybox:appliance\n    command: [\"sh\", \"-c\", \"ls /logs; grep -m1 'PID 1 started' /logs/k3rs.log; grep -m1 'restarting' /logs/k3rs.log; grep -c 'k3rs_network: pod network ready' /logs/k3rs.log\"]\n    volumeMounts:\n    - {name: logs, mountPath: /logs, readOnly: true}\n  volumes:\n  - name: logs\n    hostPath: {path: /var/lib/k3rs/logs}\n",
+    )?;
+    kubectl(&kc, &["apply", "-f", reader.to_str().context("path")?])?;
+    wait_jsonpath(
+        &kc,
+        &["get", "pod", "logreader", "-o", "jsonpath={.status.phase}"],
+        "Succeeded",
+        Duration::from_secs(120),
+    )?;
+    let logged = kubectl(&kc, &["logs", "logreader"])?;
+    let lines: Vec<&str> = logged.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.contains("k3rs.log")),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("k3rs-init: PID 1 started"),
+        "PID 1's lines: {logged}"
+    );
+    assert!(
+        logged.contains("node daemon exited; restarting"),
+        "the restart: {logged}"
+    );
+    let daemon_lines: u64 = lines
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    // One "pod network ready" per daemon start: the killed one and its restart both logged.
+    assert!(
+        daemon_lines >= 2,
+        "both daemon runs should be in the file: {logged}"
+    );
     power_off(&mut vm)?;
     drop(vm);
 
@@ -435,35 +473,95 @@ fn broken_user_data_is_reported_and_the_node_still_boots() -> Result<()> {
     power_off(&mut vm)
 }
 
-/// The generic arm64 UEFI image under `qemu-system-aarch64 -M virt` (TCG): builds from the
-/// cross-built static k3rs and waits for the API. Opt-in (`K3RS_TEST_ARM64=1`; the cross build
-/// of k3rs takes longer than the rest of CI): `K3RS_APPLIANCE_ARM64=1 bash
-/// tests/prepare-appliance.sh` builds the binary. Skips with a message when it is missing.
-#[test]
-fn arm64_image_boots_under_qemu_virt() -> Result<()> {
-    if std::env::var_os("K3RS_TEST_ARM64").is_none() {
-        eprintln!("skipped: set K3RS_TEST_ARM64=1 (after K3RS_APPLIANCE_ARM64=1 bash tests/prepare-appliance.sh)");
-        return Ok(());
-    }
+/// The static aarch64 k3rs, or None (with the reason printed) when it was not built:
+/// `tests/prepare-appliance.sh` cross-builds it unless `K3RS_APPLIANCE_ARM64=0` or the Rust
+/// target could not be fetched.
+fn arm64_k3rs_or_skip(test: &str) -> Option<PathBuf> {
     let k3rs = appliance::static_k3rs_arm64();
-    if !k3rs.exists() {
-        eprintln!(
-            "skipped: {} is missing (K3RS_APPLIANCE_ARM64=1 bash tests/prepare-appliance.sh could not build it?)",
-            k3rs.display()
-        );
-        return Ok(());
+    if k3rs.exists() {
+        return Some(k3rs);
     }
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = appliance::target_dir().join("appliance/arm64-uefi.img");
-    std::fs::create_dir_all(out.parent().expect("parent"))?;
-    let t = Instant::now();
-    let built = k3rs_image::build(&appliance::arm64_options(&out)?)?;
     eprintln!(
-        "arm64 image: {:.1} MiB allocated, {} in {:.1}s",
+        "{test}: skipped: {} is missing (bash tests/prepare-appliance.sh builds it; it skips the cross build when K3RS_APPLIANCE_ARM64=0 or the aarch64 target cannot be fetched)",
+        k3rs.display()
+    );
+    None
+}
+
+fn build_board_image(
+    options: std::result::Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError>,
+) -> Result<k3rs_image::BuildOutput> {
+    let options = options?;
+    std::fs::create_dir_all(options.out.parent().expect("parent"))?;
+    let t = Instant::now();
+    let built = k3rs_image::build(&options)?;
+    eprintln!(
+        "{} image: {:.1} MiB allocated, {} in {:.1}s",
+        options.board.name,
         k3rs_image::allocated_bytes(&built.disk) as f64 / 1048576.0,
         if built.reused { "reused" } else { "built" },
         t.elapsed().as_secs_f64()
     );
+    Ok(built)
+}
+
+/// Boots to the API, then checks what every arm64 board must have: the node Ready with
+/// architecture arm64, the data partition formatted by the image's own (arm64) mke2fs, and no
+/// failure from the image's nft while the node set up its tables.
+fn check_arm64_node(vm: &mut Vm, dir: &Path, what: &str) -> Result<()> {
+    let (pid1, _) = vm.wait_for_console_line("k3rs-init: PID 1 started", BOOT_TIMEOUT)?;
+    vm.wait_for_console_line("switching to root slot slot=A", BOOT_TIMEOUT)?;
+    let (kc, ready) = api_kubeconfig(vm, dir, 0)?;
+    kubectl(
+        &kc,
+        &[
+            "wait",
+            "node",
+            "--all",
+            "--for=condition=Ready",
+            "--timeout=180s",
+        ],
+    )?;
+    eprintln!(
+        "{what}: PID 1 at {:.1}s, API ready at {:.1}s, node Ready at {:.1}s",
+        pid1.as_secs_f64(),
+        ready.as_secs_f64(),
+        vm.since_start().as_secs_f64()
+    );
+    let arch = kubectl(
+        &kc,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[*].status.nodeInfo.architecture}",
+        ],
+    )?;
+    assert_eq!(arch.trim(), "arm64", "{arch}");
+    let console = vm.console();
+    assert!(
+        console.contains("first boot: creating ext4") && console.contains("data partition mounted"),
+        "{what}: the data partition should be formatted and mounted"
+    );
+    for failure in ["nft failed", "running /usr/sbin/nft", "mke2fs failed"] {
+        assert!(
+            !console.contains(failure),
+            "{what}: console shows {failure:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The generic arm64 UEFI image under `qemu-system-aarch64 -M virt` (TCG): built from the
+/// cross-built static k3rs, kernel, tools and systemd-boot from Debian's arm64 packages.
+#[test]
+fn arm64_image_boots_under_qemu_virt() -> Result<()> {
+    if arm64_k3rs_or_skip("arm64_image_boots_under_qemu_virt").is_none() {
+        return Ok(());
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = appliance::target_dir().join("appliance/arm64-uefi.img");
+    let built = build_board_image(appliance::arm64_options(&out))?;
     let dir = tempfile::Builder::new()
         .prefix("k3rs-appliance-arm64-")
         .tempdir()?;
@@ -476,24 +574,153 @@ fn arm64_image_boots_under_qemu_virt() -> Result<()> {
         "instance-id: arm64\n",
     )?;
     let mut vm = appliance::boot_arm64(&built, &disk, Some(&seed))?;
-    let (pid1, _) = vm.wait_for_console_line("k3rs-init: PID 1 started", BOOT_TIMEOUT)?;
-    vm.wait_for_console_line("switching to root slot slot=A", BOOT_TIMEOUT)?;
-    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0)?;
-    eprintln!(
-        "arm64 boot: PID 1 at {:.1}s, API ready at {:.1}s",
-        pid1.as_secs_f64(),
-        ready.as_secs_f64()
-    );
-    let nodes = kubectl(
-        &kc,
-        &[
-            "get",
-            "nodes",
-            "-o",
-            "jsonpath={.items[*].status.nodeInfo.architecture}",
-        ],
+    check_arm64_node(&mut vm, dir.path(), "arm64 virt")?;
+    vm.kill();
+    Ok(())
+}
+
+/// Reads the MBR partition entries of a disk image: (type, first LBA, sectors).
+fn mbr_entries(disk: &Path) -> Result<Vec<(u8, u32, u32)>> {
+    use std::io::Read;
+    let mut mbr = [0u8; 512];
+    std::fs::File::open(disk)?.read_exact(&mut mbr)?;
+    assert_eq!(&mbr[510..], &[0x55, 0xaa], "no MBR signature");
+    Ok((0..4)
+        .map(|i| {
+            let e = &mbr[446 + 16 * i..462 + 16 * i];
+            let le = |o: usize| u32::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3]]);
+            (e[4], le(8), le(12))
+        })
+        .filter(|e| e.0 != 0)
+        .collect())
+}
+
+fn boot_partition_file(disk: &Path, name: &str) -> Result<Vec<u8>> {
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@1M", disk.display()))
+        .arg(format!("::{name}"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{name} is not on the boot partition: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Both Raspberry Pi images come from the same recipe: a hybrid MBR whose first entry is the FAT
+/// boot partition (what the Pi's boot ROM and firmware read), the firmware, device tree,
+/// config.txt and cmdline.txt at that partition's root, and the GPT slots and data partition
+/// behind it. The Pi 4 has no QEMU machine, so its image is checked, not booted.
+#[test]
+fn raspberry_pi_images_have_the_firmware_boot_layout() -> Result<()> {
+    if arm64_k3rs_or_skip("raspberry_pi_images_have_the_firmware_boot_layout").is_none() {
+        return Ok(());
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (board, firmware, dtb) in [
+        (
+            "rpi4",
+            &["start4.elf", "fixup4.dat"][..],
+            "bcm2711-rpi-4-b.dtb",
+        ),
+        (
+            "rpi3",
+            &["bootcode.bin", "start.elf", "fixup.dat"][..],
+            "bcm2837-rpi-3-b.dtb",
+        ),
+    ] {
+        let out = appliance::target_dir().join(format!("appliance/{board}.img"));
+        let built = build_board_image(appliance::rpi_options(board, &out))?;
+        let mbr = mbr_entries(&built.disk)?;
+        assert_eq!(
+            mbr.first().map(|e| (e.0, e.1)),
+            Some((0x0c, 2048)),
+            "{board}: {mbr:?}"
+        );
+        assert!(
+            mbr.iter().any(|e| e.0 == 0xee && e.1 == 1),
+            "{board}: {mbr:?}"
+        );
+        let gpt = String::from_utf8_lossy(
+            &Command::new("sgdisk")
+                .arg("-p")
+                .arg(&built.disk)
+                .output()?
+                .stdout,
+        )
+        .into_owned();
+        for name in ["ESP", "rootA", "rootB", "data"] {
+            assert!(gpt.contains(name), "{board}: GPT lacks {name}:\n{gpt}");
+        }
+        for f in firmware.iter().chain([&dtb, &"vmlinuz", &"initrd.img"]) {
+            let data = boot_partition_file(&built.disk, f)?;
+            assert!(data.len() > 1000, "{board}: {f} is {} bytes", data.len());
+        }
+        let config = String::from_utf8(boot_partition_file(&built.disk, "config.txt")?)?;
+        assert!(
+            config.contains("arm_64bit=1") && config.contains(&format!("device_tree={dtb}")),
+            "{config}"
+        );
+        let cmdline = String::from_utf8(boot_partition_file(&built.disk, "cmdline.txt")?)?;
+        assert!(
+            cmdline.contains("k3rs.slot=A") && cmdline.contains("console=ttyS1"),
+            "{cmdline}"
+        );
+        if board == "rpi4" {
+            // Same inputs, same bytes: a forced rebuild to another path matches bit for bit.
+            let again = appliance::target_dir().join("appliance/rpi4-again.img");
+            let mut options = appliance::rpi_options(board, &again)?;
+            options.force = true;
+            let rebuilt = k3rs_image::build(&options)?;
+            let same = Command::new("cmp")
+                .arg(&built.disk)
+                .arg(&rebuilt.disk)
+                .status()?;
+            let _ = std::fs::remove_file(&again);
+            let _ = std::fs::remove_file(again.with_extension("img.inputs"));
+            let _ = std::fs::remove_dir_all(again.with_extension("img.boot"));
+            assert!(
+                same.success(),
+                "{board}: a rebuild from the same inputs differs"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The Raspberry Pi 3 image under `qemu-system-aarch64 -M raspi3b` (TCG, 4 Cortex-A53): the
+/// disk is the SD card, k3rs.toml is written to its boot partition as a user would, the kernel,
+/// initramfs and device tree are the ones the build put on that partition; networking through
+/// a USB NIC on the DWC2 host controller. The node must come up Ready.
+#[test]
+fn rpi3_image_boots_under_qemu_raspi3b() -> Result<()> {
+    if arm64_k3rs_or_skip("rpi3_image_boots_under_qemu_raspi3b").is_none() {
+        return Ok(());
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = appliance::target_dir().join("appliance/rpi3.img");
+    let built = build_board_image(appliance::rpi_options("rpi3", &out))?;
+    let dir = tempfile::Builder::new()
+        .prefix("k3rs-appliance-rpi3-")
+        .tempdir()?;
+    let sd = dir.path().join("sd.img");
+    appliance::rpi_sd_card(
+        &built.disk,
+        &sd,
+        "role = \"server\"\nhostname = \"k3rs-pi\"\ntoken = \"appliance-test-token\"\nprint-kubeconfig = true\nextra-args = [\"--tls-san=127.0.0.1\"]\n",
     )?;
-    assert_eq!(nodes.trim(), "arm64", "{nodes}");
+    let board = k3rs_image::board::Board::load(
+        &appliance::workspace_root().join("board-configs/rpi3.toml"),
+    )?;
+    let mut vm = appliance::boot_board(&board, &built, &sd, None, "")?;
+    check_arm64_node(&mut vm, dir.path(), "rpi3 raspi3b")?;
+    assert!(
+        vm.console().contains("config from k3rs.toml"),
+        "k3rs.toml on the boot partition should be read"
+    );
     vm.kill();
     Ok(())
 }
