@@ -109,6 +109,9 @@ impl JobController {
         }
         let (ns, name) = split_key(key);
         let uid = job["metadata"]["uid"].as_str().unwrap_or("");
+        // Read before the pod cache: satisfied here means every pod this controller made is
+        // already in the list below (the handler caches a pod before it counts it as seen).
+        let needs_sync = self.exp.satisfied(key);
         let pods: Vec<Value> = self
             .ctx
             .pods
@@ -184,7 +187,7 @@ impl JobController {
                 self.delete_pod(&job, p).await?;
             }
             active_count = 0;
-        } else if self.exp.satisfied(key) {
+        } else if needs_sync {
             let want = match completions {
                 Some(c) if !indexed => (c - succeeded).min(parallelism),
                 Some(c) => (c - succeeded).min(parallelism),

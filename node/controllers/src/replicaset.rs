@@ -169,6 +169,10 @@ impl ReplicaSetController {
         let (ns, _) = split_key(key);
         let uid = rs["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let sel = &(self.kind.selector)(&rs);
+        // Read before the pod cache (upstream's order): satisfied here means every pod this
+        // controller created or deleted is already reflected in the list below, so it cannot
+        // act on a list that predates its own writes.
+        let needs_sync = self.exp.satisfied(key);
         let mut pods = Vec::new();
         for p in self.ctx.pods.list(Some(ns)) {
             match controller_of(&p) {
@@ -204,7 +208,7 @@ impl ReplicaSetController {
         }
         let active: Vec<Value> = pods.into_iter().filter(is_active).collect();
         let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
-        if self.exp.satisfied(key) && !is_deleting(&rs) {
+        if needs_sync && !is_deleting(&rs) {
             self.manage(&rs, key, &active, want).await?;
         }
         self.update_status(&rs, &active).await

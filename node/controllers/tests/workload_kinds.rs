@@ -175,9 +175,14 @@ async fn statefulset_orders_pods_keeps_claims_and_updates_from_the_top() {
     )
     .await
     .unwrap();
+    // The status must describe the scaled-up set (not the stale count from before the scale
+    // down), or the template change below would race web-2's re-creation.
     eventually("3 ready again", || async {
         let s = c.get(&sts(), Some("default"), "web").await.ok()?;
-        (s["status"]["readyReplicas"] == 3).then_some(())
+        (s["status"]["readyReplicas"] == 3
+            && s["status"]["observedGeneration"] == s["metadata"]["generation"]
+            && created_while.lock().unwrap().len() == 4)
+            .then_some(())
     })
     .await;
     c.patch(
