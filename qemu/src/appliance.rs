@@ -52,6 +52,18 @@ pub fn arm64_options(
     board_options("arm64-uefi", static_k3rs_arm64(), out)
 }
 
+/// The image build options for any board in `board-configs/` by name, with the static k3rs of
+/// its architecture.
+pub fn options_for(
+    board: &str,
+    out: &Path,
+) -> Result<k3rs_image::BuildOptions, k3rs_image::board::BoardError> {
+    match board {
+        "x86_64-uefi" => x86_64_options(out),
+        _ => board_options(board, static_k3rs_arm64(), out),
+    }
+}
+
 fn board_options(
     board: &str,
     k3rs_bin: PathBuf,

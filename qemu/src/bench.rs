@@ -1,5 +1,7 @@
-//! `k3rs-appliance-bench`: image size, binary size, boot timings and idle memory of the x86_64
-//! appliance under QEMU (TCG here). Needs the static k3rs (see ARCHITECTURE.md).
+//! `k3rs-appliance-bench [BOARD]`: image size, binary size, boot timings and idle memory of an
+//! appliance image under QEMU (TCG here). BOARD is a name in `board-configs/` with a `[qemu]`
+//! section: `x86_64-uefi` (default), `arm64-uefi` or `rpi3`. Needs the static k3rs of the
+//! board's architecture (`bash tests/prepare-appliance.sh`).
 
 use anyhow::{bail, Context, Result};
 use k3rs_qemu::appliance;
@@ -46,27 +48,50 @@ fn node_ready_at(vm: &mut k3rs_qemu::Vm, work: &std::path::Path) -> Option<Durat
 }
 
 fn main() -> Result<()> {
-    let k3rs = appliance::static_k3rs();
-    if !k3rs.exists() {
-        bail!("{} missing: LIBSECCOMP_LINK_TYPE=static RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' cargo build --release -p k3rs --target x86_64-unknown-linux-gnu", k3rs.display());
-    }
+    let board_name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "x86_64-uefi".into());
     let work = appliance::target_dir().join("appliance-bench");
     std::fs::create_dir_all(&work)?;
-    let image = appliance::target_dir().join("appliance/x86_64-uefi.img");
+    let image = appliance::target_dir().join(format!("appliance/{board_name}.img"));
     std::fs::create_dir_all(image.parent().unwrap_or(&work))?;
+    let options = appliance::options_for(&board_name, &image)?;
+    let k3rs = options.k3rs_bin.clone();
+    if !k3rs.exists() {
+        bail!(
+            "{} missing: run `bash tests/prepare-appliance.sh` (static release builds)",
+            k3rs.display()
+        );
+    }
+    let board = options.board.clone();
     let t = Instant::now();
-    let built =
-        k3rs_image::build(&appliance::x86_64_options(&image)?).context("building the image")?;
+    let built = k3rs_image::build(&options).context("building the image")?;
     let build_time = t.elapsed();
-    let disk = work.join("disk.qcow2");
-    k3rs_qemu::overlay(&built.disk, &disk)?;
-    let seed = work.join("seed.img");
-    k3rs_qemu::make_nocloud_seed(
-        &seed,
-        &appliance::test_user_data(""),
-        "instance-id: bench\n",
-    )?;
-    let mut vm = appliance::boot(&built, &disk, Some(&seed))?;
+    let sd_card = board
+        .qemu
+        .as_ref()
+        .is_some_and(|q| q.disk_bus == k3rs_image::board::DiskBus::Sd);
+    let (disk, seed) = if sd_card {
+        // No second drive on an SD-only board: the config goes on the boot partition.
+        let disk = work.join("sd.img");
+        appliance::rpi_sd_card(
+            &built.disk,
+            &disk,
+            "role = \"server\"\ntoken = \"bench\"\nprint-kubeconfig = true\nextra-args = [\"--tls-san=127.0.0.1\"]\n",
+        )?;
+        (disk, None)
+    } else {
+        let disk = work.join("disk.qcow2");
+        k3rs_qemu::overlay(&built.disk, &disk)?;
+        let seed = work.join("seed.img");
+        k3rs_qemu::make_nocloud_seed(
+            &seed,
+            &appliance::test_user_data(""),
+            "instance-id: bench\n",
+        )?;
+        (disk, Some(seed))
+    };
+    let mut vm = appliance::boot_board(&board, &built, &disk, seed.as_deref(), "")?;
     let (pid1, pid1_line) = vm.wait_for_console_line("PID 1 started", Duration::from_secs(60))?;
     // The first byte on the serial console (loglevel=4 keeps the kernel quiet until then).
     let first_output = vm.console_lines().first().map(|(t, _)| *t).unwrap_or(pid1);
@@ -75,13 +100,19 @@ fn main() -> Result<()> {
         .find_map(|w| w.strip_prefix("uptime="))
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
-    let (ready, _) = vm.wait_for_console_line("API ready", Duration::from_secs(120))?;
+    let (ready, _) = vm.wait_for_console_line("API ready", Duration::from_secs(300))?;
     let node_ready = node_ready_at(&mut vm, &work);
     let (_, idle) = vm.wait_for_console_line("idle memory", Duration::from_secs(60))?;
-    let t = Instant::now();
-    vm.system_powerdown()?;
-    vm.wait_exit(Duration::from_secs(60))?;
-    let down = t.elapsed();
+    // Only the PC has an ACPI power button QEMU can press (raspi3b merely halts on power-off).
+    let down = if board.arch == "x86_64" {
+        let t = Instant::now();
+        vm.system_powerdown()?;
+        vm.wait_exit(Duration::from_secs(60))?;
+        Some(t.elapsed())
+    } else {
+        vm.kill();
+        None
+    };
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
     let field = |line: &str, key: &str| {
         line.split_whitespace()
@@ -89,9 +120,13 @@ fn main() -> Result<()> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let q = board.qemu.as_ref();
     println!(
-        "k3rs appliance bench (x86_64, accel {:?}, 2 vCPU, 1 GiB)",
-        vm.accel
+        "k3rs appliance bench ({board_name}: {} {}, accel {:?}, {} vCPU, 1 GiB)",
+        q.map(|q| q.system.as_str()).unwrap_or(""),
+        q.map(|q| q.machine.as_str()).unwrap_or(""),
+        vm.accel,
+        q.and_then(|q| q.cpus).unwrap_or(2)
     );
     println!(
         "  k3rs static binary:       {}",
@@ -132,6 +167,8 @@ fn main() -> Result<()> {
         "  idle guest memory:        {}  (MemTotal - MemAvailable, 10s after API ready)",
         mib(field(&idle, "mem_used_kib=") * 1024)
     );
-    println!("  ACPI power-off -> exit:   {}", secs(down));
+    if let Some(down) = down {
+        println!("  ACPI power-off -> exit:   {}", secs(down));
+    }
     Ok(())
 }
