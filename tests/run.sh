@@ -13,6 +13,10 @@ need_kubectl() {
 need_kubectl
 export CARGO_TERM_COLOR=never
 
+# First: building k3rs links libseccomp (libseccomp-dev), and the tests use the rest.
+echo "== runtime test dependencies"
+bash tests/install-runtime-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -24,9 +28,6 @@ cargo build -p k3rs --quiet
 
 echo "== appliance: host tools and the static k3rs"
 bash tests/prepare-appliance.sh
-
-echo "== runtime test dependencies"
-bash tests/install-runtime-deps.sh
 
 echo "== cargo test"
 # End-to-end tests each start their own server on a free port, so they can run in parallel.
