@@ -29,6 +29,8 @@ pub enum ImageError {
     },
     #[error("modules.dep of the kernel package")]
     Modules(#[source] k3rs_init::modules::ModuleError),
+    #[error("writing the update bundle")]
+    Update(#[source] k3rs_init::update::UpdateError),
     #[error("no xz stream in the kernel image {0}")]
     NoXz(String),
     #[error("board {board}: {what} is not supported by this builder yet")]
@@ -94,12 +96,31 @@ pub struct BuildOutput {
     pub dtb: Option<PathBuf>,
     pub cmdline: String,
     pub disk_bytes: u64,
+    /// The A/B update bundle (UEFI boards).
+    pub bundle: Option<PathBuf>,
     pub reused: bool,
 }
 
 const MIB: u64 = 1024 * 1024;
 /// Bump when the recipe changes, so cached images are rebuilt.
-const RECIPE_VERSION: &str = "k3rs-image/6";
+const RECIPE_VERSION: &str = "k3rs-image/7";
+
+/// The A/B update bundle built with a UEFI image: `<out>.update.tar`.
+pub fn bundle_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".update.tar");
+    PathBuf::from(s)
+}
+
+/// What the image calls itself (`/etc/k3rs/version`, the update bundle's version): the
+/// package version and the start of the inputs digest, so every distinct build differs.
+fn image_version(digest: &str) -> String {
+    format!(
+        "{}+{}",
+        env!("CARGO_PKG_VERSION"),
+        digest.get(..12).unwrap_or(digest)
+    )
+}
 
 fn boot_dir(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
@@ -171,6 +192,7 @@ fn output_of(o: &BuildOptions, reused: bool) -> BuildOutput {
             .to_string(),
         boot_dir: bd,
         disk_bytes: std::fs::metadata(&o.out).map(|m| m.len()).unwrap_or(0),
+        bundle: Some(bundle_path(&o.out)).filter(|p| p.exists()),
         reused,
     }
 }
@@ -185,8 +207,10 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
         s.push(".inputs");
         PathBuf::from(s)
     };
+    let wants_bundle = matches!(b.boot, Boot::SystemdBoot { .. });
     if !o.force
         && o.out.exists()
+        && (!wants_bundle || bundle_path(&o.out).exists())
         && std::fs::read_to_string(&stamp).ok().as_deref() == Some(digest.as_str())
     {
         info!(disk = %o.out.display(), "inputs unchanged; reusing the image");
@@ -338,6 +362,16 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
             data: b.kernel.modules.join("\n").into_bytes(),
         },
     );
+    let version = image_version(&digest);
+    for (path, text) in [("etc/k3rs/board", &b.name), ("etc/k3rs/version", &version)] {
+        tree.add(
+            path,
+            Entry::File {
+                mode: 0o644,
+                data: format!("{text}\n").into_bytes(),
+            },
+        );
+    }
     tree.add(
         "etc/k3rs/build-epoch",
         Entry::File {
@@ -394,6 +428,27 @@ pub fn build(o: &BuildOptions) -> Result<BuildOutput, ImageError> {
     let slot_b = work.join("root-b.img");
     make_slot(b.disk.root_a, &staging, &slot_a, o.source_date_epoch)?;
     make_slot(b.disk.root_b, &staging, &slot_b, o.source_date_epoch)?;
+
+    if let Boot::SystemdBoot { .. } = b.boot {
+        let bundle = bundle_path(&o.out);
+        info!(
+            "      update bundle {} (slot A's root, kernel, initramfs)",
+            bundle.display()
+        );
+        k3rs_init::update::write_bundle(
+            &bundle,
+            &k3rs_init::update::BundleInputs {
+                board: &b.name,
+                version: &version,
+                cmdline: &b.kernel.cmdline,
+                root: &slot_a,
+                kernel: &bd.join("vmlinuz"),
+                initrd: &bd.join("initrd.img"),
+                mtime: o.source_date_epoch,
+            },
+        )
+        .map_err(ImageError::Update)?;
+    }
 
     let esp = work.join("esp.img");
     let esp_type = match &b.boot {
@@ -852,8 +907,16 @@ fn assemble_gpt(
                 ),
             });
         }
-        io("seek", disk.seek(SeekFrom::Start(off)))?;
-        io("writing a partition", disk.write_all(&data))?;
+        // Zero chunks are skipped: the disk file starts as one hole, so they read back as
+        // zeros and take no space (a filesystem's free space, most of the ESP).
+        const CHUNK: usize = 64 * 1024;
+        for (i, chunk) in data.chunks(CHUNK).enumerate() {
+            if chunk.iter().all(|b| *b == 0) {
+                continue;
+            }
+            io("seek", disk.seek(SeekFrom::Start(off + (i * CHUNK) as u64)))?;
+            io("writing a partition", disk.write_all(chunk))?;
+        }
     }
     io("sync", disk.sync_all())
 }

@@ -12,7 +12,7 @@ mod debs;
 mod tools;
 
 pub use build::{
-    allocated_bytes, build, convert_to_qcow2, inputs_digest, is_qcow2, BuildOptions, BuildOutput,
-    ImageError,
+    allocated_bytes, build, bundle_path, convert_to_qcow2, inputs_digest, is_qcow2, BuildOptions,
+    BuildOutput, ImageError,
 };
 pub use debs::DEFAULT_APT_SOURCES;

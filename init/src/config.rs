@@ -160,6 +160,9 @@ pub struct NodeConfig {
     pub ntp_servers: Vec<String>,
     /// Static IPv4 instead of DHCP.
     pub network: Option<StaticNetwork>,
+    /// Seconds a trial boot of an updated slot gets for its API to answer before PID 1 reboots
+    /// into the previous slot (default 600).
+    pub update_trial_timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]

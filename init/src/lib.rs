@@ -15,8 +15,9 @@ mod power;
 pub mod sntp;
 pub mod supervisor;
 pub mod sys;
+pub mod update;
 
 pub use pid1::{
-    memory_in_use_kib, request_poweroff, run_pid1, BUILD_EPOCH_FILE, DATA_DIR, KUBECONFIG,
-    KUBECONFIG_BEGIN, KUBECONFIG_END, MODULES_FILE, NODE_PID_FILE,
+    memory_in_use_kib, request_poweroff, request_reboot, run_pid1, BUILD_EPOCH_FILE, DATA_DIR,
+    KUBECONFIG, KUBECONFIG_BEGIN, KUBECONFIG_END, MODULES_FILE, NODE_PID_FILE,
 };

@@ -4,7 +4,7 @@
 use crate::blockdev::{self, Probe};
 use crate::config::{NodeConfig, StaticNetwork};
 use crate::sys::{MountFlags, RealSys, Sys};
-use crate::{grow, logfile, modules, mounts, net, power, sntp, supervisor::Backoff};
+use crate::{grow, logfile, modules, mounts, net, power, sntp, supervisor::Backoff, update};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -134,7 +134,9 @@ pub fn run_pid1() -> ! {
         if Path::new(INITRAMFS_MARKER).exists() {
             // Only returns when the slot cannot be used: then the initramfs is the system.
             if let Err(e) = switch_to_slot(&sys) {
-                error!("k3rs-init: root slot unusable: {e}; running from the initramfs");
+                error!("k3rs-init: root slot unusable: {e}");
+                roll_back_failed_trial(&e);
+                error!("k3rs-init: running from the initramfs");
             }
         }
     }
@@ -153,6 +155,7 @@ pub fn run_pid1() -> ! {
         None => logfile::discard_early(),
     }
     machine_id(&sys);
+    let trial = if stage2 { check_update(&cfg) } else { None };
     if let Some(seed) = &seed {
         import_seed_images(&sys, seed);
     }
@@ -180,7 +183,95 @@ pub fn run_pid1() -> ! {
         uptime = uptime(),
         "k3rs-init: system up; starting the node daemon"
     );
-    supervise(&cfg, &signals, &mounted)
+    supervise(&cfg, &signals, &mounted, trial)
+}
+
+/// A boot of a freshly updated slot that is not the default yet.
+struct Trial {
+    slot: String,
+    version: String,
+    deadline: Instant,
+}
+
+const DEFAULT_TRIAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Stage 1 could not use the slot it was told to boot: on a trial boot, the way back is a
+/// reboot (the firmware boots the default slot again).
+fn roll_back_failed_trial(why: &str) {
+    let Some(running) = update::running_slot() else {
+        return;
+    };
+    match update::esp_default_slot() {
+        Ok(default) if default != running => {
+            error!("k3rs-init: trial boot of slot {running} failed ({why}); rebooting into slot {default}");
+            nix::unistd::sync();
+            let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+            error!(error = ?err, "reboot(2) failed");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %chain(&e), "reading the default slot failed"),
+    }
+}
+
+/// Where this boot stands with respect to an update: a trial boot to commit or undo, the report
+/// of one that was rolled back, or nothing.
+fn check_update(cfg: &NodeConfig) -> Option<Trial> {
+    let running = update::running_slot()?;
+    let data = Path::new(DATA_DIR);
+    let pending = update::pending(data);
+    let default = match update::esp_default_slot() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %chain(&e), "k3rs-init: reading the default slot failed; no update checks this boot");
+            return None;
+        }
+    };
+    if running != default {
+        let timeout = cfg
+            .update_trial_timeout
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TRIAL_TIMEOUT);
+        let version = pending.map(|p| p.version).unwrap_or_default();
+        warn!(slot = %running, version = %version, timeout_secs = timeout.as_secs(), "k3rs-init: trial boot of an updated slot; committed once the API answers, else rolled back to slot {default}");
+        return Some(Trial {
+            slot: running,
+            version,
+            deadline: Instant::now() + timeout,
+        });
+    }
+    if let Some(p) = pending {
+        let (state, detail) = if p.slot == running {
+            ("committed", format!("slot {running} is the default"))
+        } else {
+            error!(version = %p.version, failed_slot = %p.slot, "k3rs-init: UPDATE ROLLED BACK: the update did not come up; running the previous slot {running}");
+            (
+                "rolled-back",
+                format!("slot {} did not come up; back on slot {running}", p.slot),
+            )
+        };
+        if let Err(e) = update::finish(data, state, &detail) {
+            warn!(error = %chain(&e), "recording the update's outcome failed");
+        }
+    }
+    None
+}
+
+/// Makes the trial slot the default once its API answers.
+fn commit_trial(t: &Trial) -> bool {
+    match update::commit(&t.slot) {
+        Ok(()) => {
+            info!(slot = %t.slot, version = %t.version, "k3rs-init: update committed: slot {} is the default now", t.slot);
+            let detail = format!("slot {} is the default", t.slot);
+            if let Err(e) = update::finish(Path::new(DATA_DIR), "committed", &detail) {
+                warn!(error = %chain(&e), "recording the update's outcome failed");
+            }
+            true
+        }
+        Err(e) => {
+            error!(error = %chain(&e), "k3rs-init: committing the update failed; retrying");
+            false
+        }
+    }
 }
 
 /// A command whose child starts with no blocked signals: the mask PID 1 blocks is inherited
@@ -1059,7 +1150,12 @@ fn api_ready() -> bool {
         .is_ok()
 }
 
-fn supervise(cfg: &NodeConfig, signals: &SigSet, mounted: &[PathBuf]) -> ! {
+fn supervise(
+    cfg: &NodeConfig,
+    signals: &SigSet,
+    mounted: &[PathBuf],
+    mut trial: Option<Trial>,
+) -> ! {
     let mut backoff = Backoff::default();
     let mut child: Option<Running> = None;
     let mut next_start = Instant::now();
@@ -1111,6 +1207,16 @@ fn supervise(cfg: &NodeConfig, signals: &SigSet, mounted: &[PathBuf]) -> ! {
             );
             if cfg.print_kubeconfig {
                 print_kubeconfig();
+            }
+        }
+        if let Some(t) = &trial {
+            if ready_at.is_some() {
+                if commit_trial(t) {
+                    trial = None;
+                }
+            } else if Instant::now() >= t.deadline {
+                error!(slot = %t.slot, version = %t.version, "k3rs-init: trial boot: the API did not answer in time; rolling back");
+                shutdown(child, Halt::Reboot, mounted);
             }
         }
         if let (Some(t), false) = (ready_at, idle_reported) {
@@ -1237,6 +1343,11 @@ fn shutdown(child: Option<Running>, halt: Halt, mounted: &[PathBuf]) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// `k3rs reboot`: asks PID 1 to stop the node and reboot (what Ctrl-Alt-Del does).
+pub fn request_reboot() -> std::io::Result<()> {
+    kill(Pid::from_raw(1), Signal::SIGINT).map_err(std::io::Error::from)
 }
 
 /// `k3rs poweroff`: asks PID 1 to stop the node and power off.

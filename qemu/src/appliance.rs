@@ -149,6 +149,48 @@ pub fn boot_board(
     b.spawn()
 }
 
+/// Boots the x86_64 image the way a PC does: OVMF, then systemd-boot from the ESP picks the
+/// slot (`loader.conf`, one-shot entries). The firmware vars live in `dir`, so starting again
+/// in the same dir is a reboot of the same machine. `drives` are attached read-only after the
+/// disk and the seed (virtio: `/dev/vdc`, … with a seed).
+pub fn boot_uefi(
+    disk: &Path,
+    seed: Option<&Path>,
+    dir: &Path,
+    drives: &[&Path],
+) -> Result<Vm, QemuError> {
+    let board = load_board("x86_64-uefi")?;
+    let q = board.qemu.clone().ok_or_else(|| QemuError::NoQemuSection {
+        board: board.name.clone(),
+    })?;
+    let (Some(code), Some(vars)) = (q.firmware, q.firmware_vars) else {
+        return Err(QemuError::Board(
+            "x86_64-uefi has no [qemu] firmware/firmware-vars".into(),
+        ));
+    };
+    let mut b = Vm::builder()
+        .qemu(&q.system)
+        .machine(&q.machine)
+        .uefi(code, vars)
+        .disk(disk)
+        .dir(dir)
+        .memory(1024)
+        .hostfwd(6443);
+    if let Some(n) = q.cpus {
+        b = b.cpus(n);
+    }
+    if let Some(s) = seed {
+        b = b.seed(s);
+    }
+    for d in drives {
+        b = b.arg("-drive").arg(&format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            d.display()
+        ));
+    }
+    b.spawn()
+}
+
 fn load_board(name: &str) -> Result<Board, QemuError> {
     let path = workspace_root().join(format!("board-configs/{name}.toml"));
     Board::load(&path).map_err(|e| QemuError::Board(e.to_string()))

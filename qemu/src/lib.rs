@@ -153,7 +153,8 @@ impl VmBuilder {
         self.direct = Some(d);
         self
     }
-    /// UEFI: firmware code (read-only) and a vars template (copied per VM).
+    /// UEFI: firmware code (read-only) and a vars template (copied into the VM dir unless a
+    /// copy is already there).
     pub fn uefi(mut self, code: impl Into<PathBuf>, vars_template: impl Into<PathBuf>) -> Self {
         self.uefi = Some((code.into(), vars_template.into()));
         self
@@ -279,8 +280,12 @@ impl VmBuilder {
             }
         }
         if let Some((code, vars)) = &self.uefi {
+            // Like a machine's NVRAM, the vars outlive a boot: a VM started again in the same
+            // dir keeps them (boot entries, one-shot boots).
             let v = dir.join("efivars.fd");
-            io("copying the UEFI vars", std::fs::copy(vars, &v))?;
+            if !v.exists() {
+                io("copying the UEFI vars", std::fs::copy(vars, &v))?;
+            }
             cmd.arg("-drive").arg(format!(
                 "if=pflash,format=raw,readonly=on,file={}",
                 code.display()
@@ -479,7 +484,8 @@ impl Vm {
         self.lines.lock().expect("lock").clone()
     }
 
-    fn tail(&self) -> String {
+    /// The last 25 console lines, for failure messages.
+    pub fn tail(&self) -> String {
         let l = self.lines.lock().expect("lock");
         l.iter()
             .rev()
@@ -607,7 +613,8 @@ impl Vm {
         self.qmp("quit").map(|_| ())
     }
 
-    fn try_exit(&mut self) -> Option<ExitStatus> {
+    /// QEMU's exit status if it has exited (a guest reboot ends it: it runs with -no-reboot).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();
         }

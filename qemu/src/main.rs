@@ -139,6 +139,7 @@ fn built_from_boot_dir(disk: &std::path::Path) -> Result<k3rs_image::BuildOutput
         cmdline: cmdline.trim().to_string(),
         boot_dir: boot,
         disk_bytes: std::fs::metadata(disk).map(|m| m.len()).unwrap_or(0),
+        bundle: Some(k3rs_image::bundle_path(disk)).filter(|p| p.exists()),
         reused: true,
     })
 }

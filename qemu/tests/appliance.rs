@@ -724,3 +724,224 @@ fn rpi3_image_boots_under_qemu_raspi3b() -> Result<()> {
     vm.kill();
     Ok(())
 }
+
+/// Runs `k3rs ARGS` on the node from a privileged hostPID pod (in PID 1's mount namespace, as
+/// an operator without a shell on the appliance does).
+fn node_command_pod(kc: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<()> {
+    let command: Vec<String> = ["busybox", "nsenter", "-t", "1", "-m", "--", "/bin/k3rs"]
+        .iter()
+        .chain(args)
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let manifest = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostPID: true\n  restartPolicy: Never\n  containers:\n  - name: k3rs\n    image: busybox:appliance\n    securityContext: {{privileged: true}}\n    command: [{}]\n",
+            command.join(", ")
+        ),
+    )?;
+    kubectl(kc, &["apply", "-f", manifest.to_str().context("path")?])?;
+    Ok(())
+}
+
+/// Waits for `k3rs update apply --reboot` in pod `name` to reboot the guest (QEMU runs with
+/// -no-reboot, so it exits); fails with the pod's log if the update was refused.
+fn wait_update_reboot(vm: &mut Vm, kc: &Path, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while Instant::now() < deadline {
+        if vm.try_exit().is_some() {
+            let console = vm.console();
+            assert!(
+                console.contains("k3rs-init: shutting down halt=Reboot"),
+                "the guest should reboot through PID 1:\n{}",
+                vm.tail()
+            );
+            return Ok(());
+        }
+        let phase = Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["get", "pod", name, "-o", "jsonpath={.status.phase}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let waiting = Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args([
+                "get",
+                "pod",
+                name,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if waiting.contains("Error") {
+            bail!("{name} cannot start ({waiting}):\n{}", vm.tail());
+        }
+        if phase == "Failed" || phase == "Succeeded" {
+            std::thread::sleep(Duration::from_secs(5));
+            if vm.try_exit().is_none() {
+                let logs = kubectl(kc, &["logs", name]).unwrap_or_default();
+                bail!("{name} finished ({phase}) without a reboot: {logs}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("no reboot 240 s after {name} started:\n{}", vm.tail())
+}
+
+#[test]
+fn ab_update_commits_a_good_slot_and_rolls_back_a_broken_one() -> Result<()> {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let built = image()?;
+    let dir = tempfile::Builder::new()
+        .prefix("k3rs-appliance-ab-")
+        .tempdir()?;
+    // The update: the same recipe with another build time, hence another version.
+    let mut next_opts =
+        appliance::x86_64_options(&appliance::target_dir().join("appliance/x86_64-uefi-next.img"))?;
+    next_opts.source_date_epoch += 86_400;
+    let next = k3rs_image::build(&next_opts)?;
+    let good = next
+        .bundle
+        .clone()
+        .context("the UEFI build wrote no update bundle")?;
+    let good_manifest = {
+        let mut ar = tar::Archive::new(std::fs::File::open(&good)?);
+        let mut first = ar.entries()?.next().context("empty bundle")??;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut first, &mut text)?;
+        k3rs_init::update::Manifest::parse(&text)?
+    };
+    // A broken update: a well-formed bundle whose root filesystem has no /init.
+    let empty = dir.path().join("empty-root");
+    std::fs::create_dir_all(empty.join("etc"))?;
+    let broken_root = dir.path().join("broken-root.img");
+    let st = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&broken_root)
+        .arg(&empty)
+        .status()?;
+    assert!(st.success(), "mkfs.erofs failed");
+    let broken = dir.path().join("broken.update.tar");
+    k3rs_init::update::write_bundle(
+        &broken,
+        &k3rs_init::update::BundleInputs {
+            board: "x86_64-uefi",
+            version: "broken",
+            cmdline: &built.cmdline,
+            root: &broken_root,
+            kernel: &built.vmlinuz,
+            initrd: &built.initrd,
+            mtime: 0,
+        },
+    )?;
+
+    let disk = dir.path().join("disk.qcow2");
+    k3rs_qemu::overlay(&built.disk, &disk)?;
+    let busybox = dir.path().join("busybox.tar");
+    k3rs_e2e::images::write_busybox_archive(&busybox, "appliance")?;
+    let seed = dir.path().join("seed.img");
+    k3rs_qemu::make_nocloud_seed_with(
+        &seed,
+        &k3rs_qemu::Seed {
+            images: vec![busybox],
+            ..k3rs_qemu::Seed::new(
+                &appliance::test_user_data(""),
+                "instance-id: appliance-ab\n",
+            )
+        },
+    )?;
+    // One machine: the firmware vars (systemd-boot's one-shot entry) live here across boots.
+    let machine = dir.path().join("machine");
+
+    // Boot 1 (slot A, the image's default): apply the good bundle and reboot.
+    let mut vm = appliance::boot_uefi(&disk, Some(&seed), &machine, &[&good])?;
+    vm.wait_for_console_line("switching to root slot slot=A", BOOT_TIMEOUT)?;
+    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    eprintln!("UEFI boot 1: API ready at {:.1}s", ready.as_secs_f64());
+    kubectl(
+        &kc,
+        &[
+            "create",
+            "configmap",
+            "before-update",
+            "--from-literal=boot=1",
+        ],
+    )?;
+    node_command_pod(
+        &kc,
+        dir.path(),
+        "update-good",
+        &["update", "apply", "/dev/vdc", "--reboot"],
+    )?;
+    wait_update_reboot(&mut vm, &kc, "update-good")?;
+
+    // Boot 2: systemd-boot tries slot B once; PID 1 commits it when the API answers.
+    let mut vm = appliance::boot_uefi(&disk, Some(&seed), &machine, &[&broken])?;
+    vm.wait_for_console_line("trial boot of an updated slot", BOOT_TIMEOUT)?;
+    assert!(
+        vm.console().contains("switching to root slot slot=B"),
+        "{}",
+        vm.tail()
+    );
+    let (committed, _) = vm.wait_for_console_line("update committed", BOOT_TIMEOUT)?;
+    eprintln!(
+        "UEFI boot 2 (trial of B): committed at {:.1}s",
+        committed.as_secs_f64()
+    );
+    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    kubectl(&kc, &["get", "configmap", "before-update"])?;
+    node_command_pod(&kc, dir.path(), "status", &["update", "status"])?;
+    wait_jsonpath(
+        &kc,
+        &["get", "pod", "status", "-o", "jsonpath={.status.phase}"],
+        "Succeeded",
+        Duration::from_secs(120),
+    )?;
+    let status = kubectl(&kc, &["logs", "status"])?;
+    assert!(
+        status.contains(&format!("running slot:  B ({})", good_manifest.version))
+            && status.contains("default slot:  B")
+            && status.contains(&format!("{} committed in slot B", good_manifest.version)),
+        "{status}"
+    );
+    // Then the broken bundle into slot A.
+    node_command_pod(
+        &kc,
+        dir.path(),
+        "update-broken",
+        &["update", "apply", "/dev/vdc", "--reboot"],
+    )?;
+    wait_update_reboot(&mut vm, &kc, "update-broken")?;
+
+    // Boot 3: the one-shot boot of slot A fails in stage 1, which reboots at once.
+    let mut vm = appliance::boot_uefi(&disk, Some(&seed), &machine, &[])?;
+    vm.wait_for_console_line("trial boot of slot A failed", BOOT_TIMEOUT)?;
+    vm.wait_exit(Duration::from_secs(60))?;
+
+    // Boot 4: back on slot B, the committed default, with the failure reported; data kept.
+    let mut vm = appliance::boot_uefi(&disk, Some(&seed), &machine, &[])?;
+    vm.wait_for_console_line("UPDATE ROLLED BACK", BOOT_TIMEOUT)?;
+    let console = vm.console();
+    assert!(
+        console.contains("switching to root slot slot=B"),
+        "{}",
+        vm.tail()
+    );
+    assert!(
+        !console.contains("trial boot of an updated slot"),
+        "{}",
+        vm.tail()
+    );
+    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    kubectl(&kc, &["get", "configmap", "before-update"])?;
+    power_off(&mut vm)?;
+    eprintln!("A/B update test: {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -23,6 +23,13 @@ enum Command {
     Agent,
     /// Appliance: ask PID 1 to stop the node, unmount and power off.
     Poweroff,
+    /// Appliance: ask PID 1 to stop the node, unmount and reboot.
+    Reboot,
+    /// Appliance: A/B updates of the image (UEFI boards).
+    Update {
+        #[command(subcommand)]
+        action: UpdateAction,
+    },
     /// Stop the node and its containers and remove the bridge, veths, nftables tables and DNS
     /// interface it created (K3s's k3s-killall.sh). The datastore, certificates and images stay.
     Killall {
@@ -58,6 +65,84 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum UpdateAction {
+    /// Write an update bundle (`<image>.update.tar` from `k3rs-image build`, or a block device
+    /// holding one) into the slot not running and boot it once at the next reboot. PID 1 makes
+    /// it the default when its API answers, or reboots back into the current slot.
+    Apply {
+        bundle: std::path::PathBuf,
+        /// Reboot into the update once it is written.
+        #[arg(long)]
+        reboot: bool,
+        #[arg(
+            short = 'd',
+            long,
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs"
+        )]
+        data_dir: std::path::PathBuf,
+    },
+    /// The running and default slots, the update waiting for its trial boot and the last
+    /// update's outcome.
+    Status {
+        #[arg(
+            short = 'd',
+            long,
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs"
+        )]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn update(action: UpdateAction) -> Result<()> {
+    use k3rs_init::update;
+    match action {
+        UpdateAction::Apply {
+            bundle,
+            reboot,
+            data_dir,
+        } => {
+            let board = std::fs::read_to_string("/etc/k3rs/board")
+                .ok()
+                .map(|b| b.trim().to_string());
+            let applied = update::apply(&bundle, &data_dir, board.as_deref())
+                .with_context(|| format!("applying {}", bundle.display()))?;
+            println!(
+                "wrote {} ({} bytes of root filesystem) to slot {}; the next boot tries it once",
+                applied.version, applied.root_bytes, applied.slot
+            );
+            if reboot {
+                println!("rebooting");
+                k3rs_init::request_reboot()?;
+            }
+        }
+        UpdateAction::Status { data_dir } => {
+            let running = update::running_slot().unwrap_or_else(|| "-".into());
+            let default = update::esp_default_slot()
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("reading the ESP's loader.conf")?;
+            let version = std::fs::read_to_string("/etc/k3rs/version").unwrap_or_default();
+            println!("running slot:  {running} ({})", version.trim());
+            println!("default slot:  {default}");
+            if let Some(p) = update::pending(&data_dir) {
+                println!(
+                    "pending:       {} in slot {} ({})",
+                    p.version, p.slot, p.detail
+                );
+            }
+            if let Some(l) = update::last(&data_dir) {
+                println!(
+                    "last update:   {} {} in slot {} ({})",
+                    l.version, l.state, l.slot, l.detail
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -153,6 +238,8 @@ fn main() -> ExitCode {
             cluster_dns,
         } => killall::run(&data_dir, cluster_dns),
         Command::Poweroff => k3rs_init::request_poweroff().map_err(anyhow::Error::from),
+        Command::Reboot => k3rs_init::request_reboot().map_err(anyhow::Error::from),
+        Command::Update { action } => update(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
