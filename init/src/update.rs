@@ -110,6 +110,12 @@ impl Manifest {
     fn file(&self, name: &str) -> Option<&ManifestFile> {
         self.files.iter().find(|f| f.name == name)
     }
+
+    fn member(&self, name: &str) -> Result<ManifestFile, UpdateError> {
+        self.file(name)
+            .cloned()
+            .ok_or_else(|| UpdateError::Bundle(format!("the manifest lists no {name}")))
+    }
 }
 
 /// The other slot.
@@ -370,15 +376,6 @@ pub fn apply(bundle: &Path, data_dir: &Path, board: Option<&str>) -> Result<Appl
         .entries()
         .map_err(io(format!("reading {}", bundle.display())))?;
     let mut first = next_member(&mut entries, MANIFEST_NAME)?;
-    let name = first
-        .path()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    if name != MANIFEST_NAME {
-        return Err(UpdateError::Bundle(format!(
-            "its first member is {name:?}, not {MANIFEST_NAME} (not a k3rs update bundle?)"
-        )));
-    }
     let mut text = String::new();
     first
         .read_to_string(&mut text)
@@ -396,19 +393,7 @@ pub fn apply(bundle: &Path, data_dir: &Path, board: Option<&str>) -> Result<Appl
 
     // The root filesystem goes straight onto the inactive slot's partition.
     let mut root = next_member(&mut entries, ROOT_NAME)?;
-    let name = root
-        .path()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    if name != ROOT_NAME {
-        return Err(UpdateError::Bundle(format!(
-            "member {name:?} where {ROOT_NAME} was expected"
-        )));
-    }
-    let want = manifest
-        .file(ROOT_NAME)
-        .cloned()
-        .ok_or_else(|| UpdateError::Bundle(format!("the manifest lists no {ROOT_NAME}")))?;
+    let want = manifest.member(ROOT_NAME)?;
     let part = partition(&format!("root{target}"))?;
     let room = partition_bytes(&part);
     if want.size > room {
@@ -470,19 +455,7 @@ pub fn apply(bundle: &Path, data_dir: &Path, board: Option<&str>) -> Result<Appl
     }
     for name in [KERNEL_NAME, INITRD_NAME] {
         let mut member = next_member(&mut entries, name)?;
-        let got_name = member
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        if got_name != name {
-            return Err(UpdateError::Bundle(format!(
-                "member {got_name:?} where {name} was expected"
-            )));
-        }
-        let want = manifest
-            .file(name)
-            .cloned()
-            .ok_or_else(|| UpdateError::Bundle(format!("the manifest lists no {name}")))?;
+        let want = manifest.member(name)?;
         let staged = dir.join(format!("{name}.new"));
         let f =
             std::fs::File::create(&staged).map_err(io(format!("creating {}", staged.display())))?;
@@ -533,12 +506,24 @@ fn next_member<'a, R: Read>(
     entries: &mut tar::Entries<'a, R>,
     what: &str,
 ) -> Result<tar::Entry<'a, R>, UpdateError> {
-    match entries.next() {
-        Some(e) => e.map_err(io(format!("reading the bundle's {what}"))),
-        None => Err(UpdateError::Bundle(format!(
-            "ends before its {what} (not a k3rs update bundle?)"
-        ))),
+    let entry = match entries.next() {
+        Some(e) => e.map_err(io(format!("reading the bundle's {what}")))?,
+        None => {
+            return Err(UpdateError::Bundle(format!(
+                "ends before its {what} (not a k3rs update bundle?)"
+            )))
+        }
+    };
+    let name = entry
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if name != what {
+        return Err(UpdateError::Bundle(format!(
+            "member {name:?} where {what} was expected (not a k3rs update bundle?)"
+        )));
     }
+    Ok(entry)
 }
 
 /// Asks systemd-boot to boot `entry` once, at the next boot only.

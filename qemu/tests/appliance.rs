@@ -186,6 +186,22 @@ fn power_off(vm: &mut Vm) -> Result<()> {
     Ok(())
 }
 
+/// A NoCloud seed in `dir` with `user_data` and the busybox test image as an airgap archive
+/// (`busybox:appliance`).
+fn airgap_seed(dir: &Path, user_data: &str, instance_id: &str) -> Result<PathBuf> {
+    let busybox = dir.join("busybox.tar");
+    k3rs_e2e::images::write_busybox_archive(&busybox, "appliance")?;
+    let seed = dir.join("seed.img");
+    k3rs_qemu::make_nocloud_seed_with(
+        &seed,
+        &k3rs_qemu::Seed {
+            images: vec![busybox],
+            ..k3rs_qemu::Seed::new(user_data, &format!("instance-id: {instance_id}\n"))
+        },
+    )?;
+    Ok(seed)
+}
+
 #[test]
 fn boots_serves_kubectl_powers_off_and_keeps_data() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,21 +213,10 @@ fn boots_serves_kubectl_powers_off_and_keeps_data() -> Result<()> {
     let disk = dir.path().join("disk.qcow2");
     k3rs_qemu::overlay(&built.disk, &disk)?;
     let sntp = SntpResponder::start()?;
-    let busybox = dir.path().join("busybox.tar");
-    k3rs_e2e::images::write_busybox_archive(&busybox, "appliance")?;
-    let seed = dir.path().join("seed.img");
-    k3rs_qemu::make_nocloud_seed_with(
-        &seed,
-        &k3rs_qemu::Seed {
-            images: vec![busybox],
-            ..k3rs_qemu::Seed::new(
-                &appliance::test_user_data(&format!(
-                    "  ntp-servers: [\"10.0.2.2:{}\"]\n",
-                    sntp.port
-                )),
-                "instance-id: appliance-test\n",
-            )
-        },
+    let seed = airgap_seed(
+        dir.path(),
+        &appliance::test_user_data(&format!("  ntp-servers: [\"10.0.2.2:{}\"]\n", sntp.port)),
+        "appliance-test",
     )?;
 
     // Boot 1: first boot formats the data partition; the API comes up; kubectl works.
@@ -844,19 +849,7 @@ fn ab_update_commits_a_good_slot_and_rolls_back_a_broken_one() -> Result<()> {
 
     let disk = dir.path().join("disk.qcow2");
     k3rs_qemu::overlay(&built.disk, &disk)?;
-    let busybox = dir.path().join("busybox.tar");
-    k3rs_e2e::images::write_busybox_archive(&busybox, "appliance")?;
-    let seed = dir.path().join("seed.img");
-    k3rs_qemu::make_nocloud_seed_with(
-        &seed,
-        &k3rs_qemu::Seed {
-            images: vec![busybox],
-            ..k3rs_qemu::Seed::new(
-                &appliance::test_user_data(""),
-                "instance-id: appliance-ab\n",
-            )
-        },
-    )?;
+    let seed = airgap_seed(dir.path(), &appliance::test_user_data(""), "appliance-ab")?;
     // One machine: the firmware vars (systemd-boot's one-shot entry) live here across boots.
     let machine = dir.path().join("machine");
 

@@ -27,35 +27,24 @@ enum Command {
     Reboot,
     /// Appliance: A/B updates of the image (UEFI boards).
     Update {
+        #[command(flatten)]
+        node: NodeDataDir,
         #[command(subcommand)]
         action: UpdateAction,
     },
     /// Stop the node and its containers and remove the bridge, veths, nftables tables and DNS
     /// interface it created (K3s's k3s-killall.sh). The datastore, certificates and images stay.
     Killall {
-        /// The data dir of the node.
-        #[arg(
-            short = 'd',
-            long,
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs"
-        )]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        node: NodeDataDir,
         /// The cluster DNS address the server was started with.
         #[arg(long, default_value = "10.43.0.10")]
         cluster_dns: std::net::IpAddr,
     },
     /// Manage the node's image store: import airgap archives, list, remove.
     Images {
-        /// The data dir of the node.
-        #[arg(
-            short = 'd',
-            long,
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs",
-            global = true
-        )]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        node: NodeDataDir,
         #[command(subcommand)]
         action: ImagesAction,
     },
@@ -65,6 +54,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `--data-dir` of the node commands (images, killall, update).
+#[derive(clap::Args)]
+struct NodeDataDir {
+    /// The data dir of the node.
+    #[arg(
+        short = 'd',
+        long,
+        env = "K3RS_DATA_DIR",
+        default_value = "/var/lib/k3rs",
+        global = true
+    )]
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -77,39 +80,20 @@ enum UpdateAction {
         /// Reboot into the update once it is written.
         #[arg(long)]
         reboot: bool,
-        #[arg(
-            short = 'd',
-            long,
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs"
-        )]
-        data_dir: std::path::PathBuf,
     },
     /// The running and default slots, the update waiting for its trial boot and the last
     /// update's outcome.
-    Status {
-        #[arg(
-            short = 'd',
-            long,
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs"
-        )]
-        data_dir: std::path::PathBuf,
-    },
+    Status,
 }
 
-fn update(action: UpdateAction) -> Result<()> {
+fn update(data_dir: &std::path::Path, action: UpdateAction) -> Result<()> {
     use k3rs_init::update;
     match action {
-        UpdateAction::Apply {
-            bundle,
-            reboot,
-            data_dir,
-        } => {
+        UpdateAction::Apply { bundle, reboot } => {
             let board = std::fs::read_to_string("/etc/k3rs/board")
                 .ok()
                 .map(|b| b.trim().to_string());
-            let applied = update::apply(&bundle, &data_dir, board.as_deref())
+            let applied = update::apply(&bundle, data_dir, board.as_deref())
                 .with_context(|| format!("applying {}", bundle.display()))?;
             println!(
                 "wrote {} ({} bytes of root filesystem) to slot {}; the next boot tries it once",
@@ -120,7 +104,7 @@ fn update(action: UpdateAction) -> Result<()> {
                 k3rs_init::request_reboot()?;
             }
         }
-        UpdateAction::Status { data_dir } => {
+        UpdateAction::Status => {
             let running = update::running_slot().unwrap_or_else(|| "-".into());
             let default = update::esp_default_slot()
                 .map_err(|e| anyhow::anyhow!(e))
@@ -128,13 +112,13 @@ fn update(action: UpdateAction) -> Result<()> {
             let version = std::fs::read_to_string("/etc/k3rs/version").unwrap_or_default();
             println!("running slot:  {running} ({})", version.trim());
             println!("default slot:  {default}");
-            if let Some(p) = update::pending(&data_dir) {
+            if let Some(p) = update::pending(data_dir) {
                 println!(
                     "pending:       {} in slot {} ({})",
                     p.version, p.slot, p.detail
                 );
             }
-            if let Some(l) = update::last(&data_dir) {
+            if let Some(l) = update::last(data_dir) {
                 println!(
                     "last update:   {} {} in slot {} ({})",
                     l.version, l.state, l.slot, l.detail
@@ -232,14 +216,11 @@ fn main() -> ExitCode {
             "agent mode is not available in this build yet: run `k3rs server` for a single-node cluster"
         )),
         Command::Kubectl { args } => kubectl(args),
-        Command::Images { data_dir, action } => images(&data_dir, action),
-        Command::Killall {
-            data_dir,
-            cluster_dns,
-        } => killall::run(&data_dir, cluster_dns),
+        Command::Images { node, action } => images(&node.data_dir, action),
+        Command::Killall { node, cluster_dns } => killall::run(&node.data_dir, cluster_dns),
         Command::Poweroff => k3rs_init::request_poweroff().map_err(anyhow::Error::from),
         Command::Reboot => k3rs_init::request_reboot().map_err(anyhow::Error::from),
-        Command::Update { action } => update(action),
+        Command::Update { node, action } => update(&node.data_dir, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
