@@ -208,7 +208,7 @@ fn roll_back_failed_trial(why: &str) {
             let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
             error!(error = ?err, "reboot(2) failed");
         }
-        Ok(_) => {}
+        Ok(_) | Err(update::UpdateError::NoBootloader) => {}
         Err(e) => warn!(error = %chain(&e), "reading the default slot failed"),
     }
 }
@@ -221,6 +221,8 @@ fn check_update(cfg: &NodeConfig) -> Option<Trial> {
     let pending = update::pending(data);
     let default = match update::esp_default_slot() {
         Ok(d) => d,
+        // A board without systemd-boot (Raspberry Pi): no A/B updates to check.
+        Err(update::UpdateError::NoBootloader) => return None,
         Err(e) => {
             warn!(error = %chain(&e), "k3rs-init: reading the default slot failed; no update checks this boot");
             return None;

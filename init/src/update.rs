@@ -54,6 +54,10 @@ pub enum UpdateError {
     NoEfi(String),
     #[error("loader.conf on the ESP names no k3rs slot as its default")]
     NoDefault,
+    #[error("the ESP has no loader/loader.conf: this board does not boot through systemd-boot (Raspberry Pi tryboot is not supported yet)")]
+    NoBootloader,
+    #[error("slot {running} is on its trial boot (the default is still slot {default}): wait until it is committed or rolled back before applying another update")]
+    OnTrial { running: String, default: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError {
@@ -244,8 +248,13 @@ impl Drop for EspMount {
 /// The slot the ESP's `loader.conf` boots by default (mounted read-only for the read).
 pub fn esp_default_slot() -> Result<String, UpdateError> {
     let esp = EspMount::mount(ESP_RO_MOUNT, true)?;
-    let conf = std::fs::read_to_string(esp.dir.join("loader/loader.conf"))
-        .map_err(io("reading loader/loader.conf"))?;
+    let conf = match std::fs::read_to_string(esp.dir.join("loader/loader.conf")) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(UpdateError::NoBootloader)
+        }
+        Err(e) => return Err(UpdateError::Io("reading loader/loader.conf".into(), e)),
+    };
     default_slot(&conf).ok_or(UpdateError::NoDefault)
 }
 
@@ -369,6 +378,11 @@ pub fn apply(bundle: &Path, data_dir: &Path, board: Option<&str>) -> Result<Appl
     let efi = Path::new("/sys/firmware/efi");
     if !efi.exists() {
         return Err(UpdateError::NoEfi(efi.display().to_string()));
+    }
+    // On a trial boot the other slot is the way back: it must not be overwritten.
+    let default = esp_default_slot()?;
+    if default != running {
+        return Err(UpdateError::OnTrial { running, default });
     }
     let file = std::fs::File::open(bundle).map_err(io(format!("opening {}", bundle.display())))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
