@@ -115,6 +115,33 @@ fn pods_run_complete_crash_and_log() -> anyhow::Result<()> {
             >= 1
     );
     assert_eq!(c.ok(&["logs", "crash", "--previous"])?.trim(), "run");
+
+    // A command that does not exist never starts: with restartPolicy Never the pod fails with
+    // the container terminated as StartError (exit code 128, the runtime's reason as message),
+    // as on containerd, instead of being retried.
+    let missing = pod_yaml("missing", &node, "  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:test\n    imagePullPolicy: Never\n    command: [\"/no/such/binary\"]\n");
+    c.kubectl_stdin(None, &["apply", "-f", "-"], &missing)?;
+    let failed = eventually(Duration::from_secs(30), || {
+        (phase(&c, "missing") == "Failed").then_some(())
+    });
+    let pod = c.json(&["get", "pod", "missing"])?;
+    assert!(failed.is_some(), "pod did not fail: {pod:#}");
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "StartError", "{pod:#}");
+    assert_eq!(terminated["exitCode"], 128, "{pod:#}");
+    assert!(
+        terminated["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/no/such/binary")),
+        "{pod:#}"
+    );
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    // And it stays that way: no second attempt.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        c.json(&["get", "pod", "missing"])?["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
     Ok(())
 }
 

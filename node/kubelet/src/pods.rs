@@ -133,6 +133,25 @@ fn pod_key(pod: &Value) -> (String, String, String) {
     )
 }
 
+/// `state.terminated.reason` as containerd reports it: a process that never started (the shim
+/// recorded an error and no start time) is `StartError`.
+fn termination_reason(
+    oom_killed: bool,
+    error: &Option<String>,
+    started_at: &Option<chrono::DateTime<chrono::Utc>>,
+    code: i32,
+) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else if error.is_some() && started_at.is_none() {
+        "StartError"
+    } else if code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
 fn container_id(uid: &str, name: &str, attempt: u32) -> String {
     format!("{uid}_{name}_{attempt}")
 }
@@ -866,12 +885,18 @@ impl Pods {
         let sb = sandbox.clone();
         let id2 = id.clone();
         let result = self
-            .blocking(move |rt| {
-                let r = rt.run_container(&sb, &cfg);
-                if r.is_err() {
-                    let _ = rt.remove(&id2);
-                }
-                r
+            .blocking(move |rt| match rt.run_container(&sb, &cfg) {
+                Err(e) => match rt.status(&id2) {
+                    // The shim recorded why the process never ran: the container is kept as
+                    // exited so its restart policy decides what follows (a Never pod fails, as
+                    // upstream's StartError does, instead of being retried forever).
+                    Ok(s @ ContainerState::Exited { error: Some(_), .. }) => Ok(s),
+                    _ => {
+                        let _ = rt.remove(&id2);
+                        Err(e)
+                    }
+                },
+                ok => ok,
             })
             .await;
         let image_id = format!(
@@ -884,6 +909,12 @@ impl Pods {
             image.manifest_digest
         );
         match result {
+            Ok(state @ ContainerState::Exited { .. }) => {
+                if let ContainerState::Exited { error: Some(e), .. } = &state {
+                    warn!(container = %cname, attempt, error = %e, "container could not start");
+                }
+                Ok((state, image_id))
+            }
             Ok(state) => {
                 info!(container = %cname, attempt, "container started");
                 // The container is not Running until its postStart hook returned.
@@ -1083,15 +1114,7 @@ impl Pods {
                     oom_killed,
                     error,
                 }) => {
-                    let reason = if *oom_killed {
-                        "OOMKilled"
-                    } else if error.is_some() {
-                        "ContainerCannotRun"
-                    } else if *code == 0 {
-                        "Completed"
-                    } else {
-                        "Error"
-                    };
+                    let reason = termination_reason(*oom_killed, error, started_at, *code);
                     let message = std::fs::read_to_string(
                         self.cfg
                             .root
@@ -1281,15 +1304,7 @@ impl Pods {
                 error,
                 ..
             } => {
-                let reason = if oom_killed {
-                    "OOMKilled"
-                } else if error.is_some() {
-                    "ContainerCannotRun"
-                } else if code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                };
+                let reason = termination_reason(oom_killed, &error, &started_at, code);
                 let mut t = json!({"exitCode": code, "reason": reason, "finishedAt": rfc3339(finished_at), "containerID": format!("k3rs://{prev}")});
                 if let Some(sa) = started_at {
                     t["startedAt"] = json!(rfc3339(sa));
@@ -1445,6 +1460,18 @@ fn resource_field(c: &Value, r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_never_started_is_a_start_error() {
+        let at = Some(chrono::Utc::now());
+        let failed = Some("exec failed".to_string());
+        assert_eq!(termination_reason(false, &failed, &None, 128), "StartError");
+        // A shim that vanished after the start is an ordinary error, not a start failure.
+        assert_eq!(termination_reason(false, &failed, &at, 255), "Error");
+        assert_eq!(termination_reason(true, &None, &at, 137), "OOMKilled");
+        assert_eq!(termination_reason(false, &None, &at, 0), "Completed");
+        assert_eq!(termination_reason(false, &None, &at, 3), "Error");
+    }
 
     #[test]
     fn stale_pod_events_do_not_replace_a_newer_pod() {
