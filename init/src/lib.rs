@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod net;
 mod pid1;
 mod power;
+pub mod readiness;
 pub mod sntp;
 pub mod supervisor;
 pub mod sys;

@@ -4,7 +4,9 @@
 use crate::blockdev::{self, Probe};
 use crate::config::{NodeConfig, StaticNetwork};
 use crate::sys::{MountFlags, RealSys, Sys};
-use crate::{grow, logfile, modules, mounts, net, power, sntp, supervisor::Backoff, update};
+use crate::{
+    grow, logfile, modules, mounts, net, power, readiness, sntp, supervisor::Backoff, update,
+};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -12,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub const DATA_DIR: &str = "/var/lib/k3rs";
 pub const KUBECONFIG: &str = "/etc/k3rs/k3rs.yaml";
@@ -1143,13 +1145,19 @@ fn spawn_daemon(cfg: &NodeConfig) -> Option<Running> {
     }
 }
 
+/// The API answers `/readyz` (see [`crate::readiness`]); the kubeconfig appears once the server
+/// wrote its certificates, so until then there is nothing to ask.
 fn api_ready() -> bool {
-    Path::new(KUBECONFIG).exists()
-        && std::net::TcpStream::connect_timeout(
-            &(std::net::Ipv4Addr::LOCALHOST, API_PORT).into(),
-            Duration::from_millis(200),
-        )
-        .is_ok()
+    if !Path::new(KUBECONFIG).exists() {
+        return false;
+    }
+    match readiness::api_ready(Path::new(KUBECONFIG), API_PORT, Duration::from_secs(2)) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, "k3rs-init: API not ready yet");
+            false
+        }
+    }
 }
 
 fn supervise(
