@@ -38,6 +38,10 @@ const SNTP_STEP_THRESHOLD_NANOS: i128 = 500_000_000;
 pub const KUBECONFIG_BEGIN: &str = "-----BEGIN K3RS KUBECONFIG-----";
 pub const KUBECONFIG_END: &str = "-----END K3RS KUBECONFIG-----";
 const API_PORT: u16 = 6443;
+/// Bounds each step of the readiness probe. client-go's TLS handshake timeout: an emulated or
+/// slow board (a Pi 3 under TCG) takes seconds for a handshake, and a probe that gives up
+/// sooner would never see its API ready.
+const API_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Modules loaded when the image has no module list.
 const DEFAULT_MODULES: &[&str] = &[
@@ -1151,7 +1155,7 @@ fn api_ready() -> bool {
     if !Path::new(KUBECONFIG).exists() {
         return false;
     }
-    match readiness::api_ready(Path::new(KUBECONFIG), API_PORT, Duration::from_secs(2)) {
+    match readiness::api_ready(Path::new(KUBECONFIG), API_PORT, API_PROBE_TIMEOUT) {
         Ok(()) => true,
         Err(e) => {
             debug!(error = %e, "k3rs-init: API not ready yet");

@@ -20,6 +20,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 static IMAGE: OnceLock<Result<k3rs_image::BuildOutput, String>> = OnceLock::new();
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The Raspberry Pi 3 under `-M raspi3b`: an emulated SD card and four emulated A53s take
+/// 125–175 s from QEMU start to API ready on the 2-core CI machine.
+const SLOW_BOARD_BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 
 fn image() -> Result<k3rs_image::BuildOutput> {
     IMAGE
@@ -72,9 +75,13 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Waits for the API, takes the kubeconfig the guest printed and points it at the forwarded port.
-fn api_kubeconfig(vm: &mut Vm, dir: &Path, from: usize) -> Result<(PathBuf, Duration)> {
-    let (ready, _, _) =
-        vm.wait_for_console_line_after("k3rs-init: API ready", from, BOOT_TIMEOUT)?;
+fn api_kubeconfig(
+    vm: &mut Vm,
+    dir: &Path,
+    from: usize,
+    timeout: Duration,
+) -> Result<(PathBuf, Duration)> {
+    let (ready, _, _) = vm.wait_for_console_line_after("k3rs-init: API ready", from, timeout)?;
     vm.wait_for_console_line_after(k3rs_init::KUBECONFIG_END, from, Duration::from_secs(10))?;
     let text = vm
         .console_block(k3rs_init::KUBECONFIG_BEGIN, k3rs_init::KUBECONFIG_END)
@@ -222,7 +229,7 @@ fn boots_serves_kubectl_powers_off_and_keeps_data() -> Result<()> {
     // Boot 1: first boot formats the data partition; the API comes up; kubectl works.
     let mut vm = appliance::boot(&built, &disk, Some(&seed))?;
     let (pid1, _) = vm.wait_for_console_line("k3rs-init: PID 1 started", BOOT_TIMEOUT)?;
-    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0, BOOT_TIMEOUT)?;
     eprintln!(
         "boot 1 ({:?}): PID 1 at {:.1}s, API ready at {:.1}s",
         vm.accel,
@@ -370,7 +377,7 @@ fn boots_serves_kubectl_powers_off_and_keeps_data() -> Result<()> {
     // Boot 2: same disk; the data partition is reused (and grown), the ConfigMap is still
     // there, the airgap image is still in the store.
     let mut vm = appliance::boot(&built, &disk, Some(&seed))?;
-    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0, BOOT_TIMEOUT)?;
     eprintln!("boot 2: API ready at {:.1}s", ready.as_secs_f64());
     assert!(
         !vm.console().contains("first boot: creating ext4"),
@@ -513,10 +520,16 @@ fn build_board_image(
 /// Boots to the API, then checks what every arm64 board must have: the node Ready with
 /// architecture arm64, the data partition formatted by the image's own (arm64) mke2fs, and no
 /// failure from the image's nft while the node set up its tables.
-fn check_arm64_node(vm: &mut Vm, dir: &Path, what: &str, first_boot: bool) -> Result<()> {
-    let (pid1, _) = vm.wait_for_console_line("k3rs-init: PID 1 started", BOOT_TIMEOUT)?;
-    vm.wait_for_console_line("switching to root slot slot=A", BOOT_TIMEOUT)?;
-    let (kc, ready) = api_kubeconfig(vm, dir, 0)?;
+fn check_arm64_node(
+    vm: &mut Vm,
+    dir: &Path,
+    what: &str,
+    first_boot: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let (pid1, _) = vm.wait_for_console_line("k3rs-init: PID 1 started", timeout)?;
+    vm.wait_for_console_line("switching to root slot slot=A", timeout)?;
+    let (kc, ready) = api_kubeconfig(vm, dir, 0, timeout)?;
     kubectl(
         &kc,
         &[
@@ -587,7 +600,7 @@ fn arm64_image_boots_under_qemu_virt() -> Result<()> {
         "instance-id: arm64\n",
     )?;
     let mut vm = appliance::boot_arm64(&built, &disk, Some(&seed))?;
-    check_arm64_node(&mut vm, dir.path(), "arm64 virt", true)?;
+    check_arm64_node(&mut vm, dir.path(), "arm64 virt", true, BOOT_TIMEOUT)?;
     vm.kill();
     Ok(())
 }
@@ -729,7 +742,13 @@ fn rpi3_image_boots_under_qemu_raspi3b() -> Result<()> {
         &appliance::workspace_root().join("board-configs/rpi3.toml"),
     )?;
     let mut vm = appliance::boot_board(&board, &built, &sd, None, "")?;
-    if let Err(first) = check_arm64_node(&mut vm, dir.path(), "rpi3 raspi3b", true) {
+    if let Err(first) = check_arm64_node(
+        &mut vm,
+        dir.path(),
+        "rpi3 raspi3b",
+        true,
+        SLOW_BOARD_BOOT_TIMEOUT,
+    ) {
         // The emulated board's only NIC is a USB device behind QEMU's DWC2 model, and one CI
         // run saw the forwarded API port stop answering TLS for minutes after the node came
         // up. A second boot of the same card (which must also come up Ready, with its data)
@@ -743,7 +762,13 @@ fn rpi3_image_boots_under_qemu_raspi3b() -> Result<()> {
         );
         vm.kill();
         vm = appliance::boot_board(&board, &built, &sd, None, "")?;
-        check_arm64_node(&mut vm, dir.path(), "rpi3 raspi3b (second boot)", false)?;
+        check_arm64_node(
+            &mut vm,
+            dir.path(),
+            "rpi3 raspi3b (second boot)",
+            false,
+            SLOW_BOARD_BOOT_TIMEOUT,
+        )?;
     }
     assert!(
         vm.console().contains("config from k3rs.toml"),
@@ -879,7 +904,7 @@ fn ab_update_commits_a_good_slot_and_rolls_back_a_broken_one() -> Result<()> {
     // Boot 1 (slot A, the image's default): apply the good bundle and reboot.
     let mut vm = appliance::boot_uefi(&disk, Some(&seed), &machine, &[&good])?;
     vm.wait_for_console_line("switching to root slot slot=A", BOOT_TIMEOUT)?;
-    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    let (kc, ready) = api_kubeconfig(&mut vm, dir.path(), 0, BOOT_TIMEOUT)?;
     eprintln!("UEFI boot 1: API ready at {:.1}s", ready.as_secs_f64());
     kubectl(
         &kc,
@@ -911,7 +936,7 @@ fn ab_update_commits_a_good_slot_and_rolls_back_a_broken_one() -> Result<()> {
         "UEFI boot 2 (trial of B): committed at {:.1}s",
         committed.as_secs_f64()
     );
-    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0, BOOT_TIMEOUT)?;
     kubectl(&kc, &["get", "configmap", "before-update"])?;
     node_command_pod(&kc, dir.path(), "status", &["update", "status"])?;
     wait_jsonpath(
@@ -955,7 +980,7 @@ fn ab_update_commits_a_good_slot_and_rolls_back_a_broken_one() -> Result<()> {
         "{}",
         vm.tail()
     );
-    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0)?;
+    let (kc, _) = api_kubeconfig(&mut vm, dir.path(), 0, BOOT_TIMEOUT)?;
     kubectl(&kc, &["get", "configmap", "before-update"])?;
     power_off(&mut vm)?;
     eprintln!("A/B update test: {:.1}s", started.elapsed().as_secs_f64());
