@@ -54,6 +54,8 @@ pub fn kubeconfig_ca(text: &str) -> Result<Vec<CertificateDer<'static>>, Readine
 /// `GET /readyz` on `127.0.0.1:port`; `Ok` only for a 200 from a server the kubeconfig's CA
 /// vouches for. Each step is bounded by `timeout`.
 pub fn api_ready(kubeconfig: &Path, port: u16, timeout: Duration) -> Result<(), ReadinessError> {
+    // Connect first: while the port is closed (most polls during a boot) nothing else is built.
+    let sock = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout)?;
     let text =
         std::fs::read_to_string(kubeconfig).map_err(|source| ReadinessError::Kubeconfig {
             path: kubeconfig.display().to_string(),
@@ -73,7 +75,6 @@ pub fn api_ready(kubeconfig: &Path, port: u16, timeout: Duration) -> Result<(), 
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
     let conn = rustls::ClientConnection::new(Arc::new(config), server)?;
-    let sock = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);

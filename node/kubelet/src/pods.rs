@@ -909,10 +909,14 @@ impl Pods {
             image.manifest_digest
         );
         match result {
-            Ok(state @ ContainerState::Exited { .. }) => {
-                if let ContainerState::Exited { error: Some(e), .. } = &state {
-                    warn!(container = %cname, attempt, error = %e, "container could not start");
-                }
+            Ok(
+                state @ ContainerState::Exited {
+                    error: Some(_),
+                    started_at: None,
+                    ..
+                },
+            ) => {
+                warn!(container = %cname, attempt, "container could not start");
                 Ok((state, image_id))
             }
             Ok(state) => {
